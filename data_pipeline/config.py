@@ -1,0 +1,97 @@
+"""The data pipeline's config: input, the per-document stages in order, exact dedup, and Ray.
+
+Load with `load_pipeline_config(path, overrides)`; every field is documented where it is defined
+(each stage owns its config dataclass in its own file).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data_pipeline.readers import InputConfig
+from data_pipeline.stages.language import LanguageConfig
+from data_pipeline.stages.normalize import NormalizeConfig
+from data_pipeline.stages.pii import PIIConfig
+from data_pipeline.stages.quality import QualityConfig
+from data_pipeline.stages.toxicity import ToxicityConfig
+from pretrain.config import check, load_config
+
+# Order of the fused per-document chain; exact dedup runs after it across the whole run.
+STAGE_ORDER = ("normalize", "language", "quality", "pii", "toxicity")
+ALL_STAGES = (*STAGE_ORDER, "exact_dedup")
+
+
+@dataclass
+class ExactDedupConfig:
+    enabled: bool = True
+    """Drop documents whose normalised text equals an earlier one (run-wide, not per shard)."""
+    num_partitions: int = 8
+    """Hash partitions of the shuffle; each is deduplicated by one task. Scale with corpus size
+    (about one per 50M documents keeps a task's memory near 3 GB)."""
+
+    def __post_init__(self) -> None:
+        check(
+            1 <= self.num_partitions <= 65536, "exact_dedup.num_partitions", self.num_partitions, "1..65536"
+        )
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None
+    """Cluster to join (`auto`, `ray://host:10001`). None: join $RAY_ADDRESS when set (as under
+    `ray job submit`), else start a local Ray on 127.0.0.1."""
+    num_cpus: int | None = None
+    """CPUs of the local Ray (None: all cores). Ignored when joining a cluster."""
+    max_in_flight: int = 0
+    """Tasks submitted at once (backpressure); 0 = 2 x the cluster's CPUs."""
+    max_retries: int = 3
+    """Retries of a task whose worker died (a crash or a kill); bad input is not retried."""
+
+    def __post_init__(self) -> None:
+        check(self.num_cpus is None or self.num_cpus >= 1, "ray.num_cpus", self.num_cpus, ">= 1 or null")
+        check(self.max_in_flight >= 0, "ray.max_in_flight", self.max_in_flight, ">= 0")
+        check(self.max_retries >= 0, "ray.max_retries", self.max_retries, ">= 0")
+
+
+@dataclass
+class PipelineConfig:
+    output_dir: str = "runs/data"
+    """Stage directory: shards/, rejects/, manifest.json, stats.json, summary.md, config.yaml."""
+    input: InputConfig = field(default_factory=InputConfig)
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    language: LanguageConfig = field(default_factory=LanguageConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    pii: PIIConfig = field(default_factory=PIIConfig)
+    toxicity: ToxicityConfig = field(default_factory=ToxicityConfig)
+    exact_dedup: ExactDedupConfig = field(default_factory=ExactDedupConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    batch_rows: int = 1000
+    """Documents per batch inside a task (bounds memory; one Parquet row group per batch)."""
+    num_example_rejects: int = 3
+    """Example rejects per reason shown in the summary."""
+    progress: bool = True
+    """Show a live progress display (a plain line per update when not on a terminal)."""
+
+    def __post_init__(self) -> None:
+        check(self.batch_rows >= 1, "batch_rows", self.batch_rows, ">= 1")
+        check(bool(self.output_dir), "output_dir", self.output_dir, "a folder path")
+
+    def stage_configs(self) -> list[tuple[str, object]]:
+        return [(name, getattr(self, name)) for name in STAGE_ORDER if getattr(self, name).enabled]
+
+    def chain_identity(self) -> dict:
+        """What determines a shard's chain output (not Ray, progress or output placement)."""
+        from pretrain.config import to_dict
+
+        return {
+            "input": to_dict(self.input) | {"paths": None},
+            "batch_rows": self.batch_rows,
+            **{name: to_dict(getattr(self, name)) for name in STAGE_ORDER},
+        }
+
+
+def load_pipeline_config(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> PipelineConfig:
+    return load_config(PipelineConfig, path, overrides)

@@ -1,0 +1,264 @@
+"""Schedules the pipeline's tasks on Ray: one task per input unit, bounded in flight, resumable.
+
+    from data_pipeline.executor import run_pipeline
+    stats = run_pipeline(load_pipeline_config("configs/data_tiny.yaml"))
+
+Phases: chain (per input unit) -> exact-dedup partitions -> finalize (per unit) -> manifest,
+stats, summary. Every task writes its outputs atomically and then a done record; a rerun skips
+tasks whose record matches, so a killed driver or worker loses and duplicates nothing. Output is
+a pure function of input and config: the same for 1 or N workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from data_pipeline.config import STAGE_ORDER, PipelineConfig
+from data_pipeline.progress import Progress
+from data_pipeline.readers import InputUnit, discover_inputs
+from data_pipeline.tasks import dedup_partition, finalize_shard, load_done, run_chain
+from pretrain.config import config_hash, dump_yaml, to_dict
+from pretrain.shards import file_fingerprint, write_json, write_manifest
+
+log = logging.getLogger(__name__)
+
+
+class PipelineError(RuntimeError):
+    """One or more tasks failed; the message lists each failed input and why."""
+
+
+def ensure_ray(cfg: PipelineConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    # Local Ray stays on loopback (Ray otherwise advertises the external interface).
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    env_vars = {k: v for k, v in os.environ.items() if k.startswith("DATA_PIPELINE_")}
+    ray.init(
+        address="local",
+        num_cpus=cfg.ray.num_cpus,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        runtime_env={"env_vars": env_vars} if env_vars else None,
+        log_to_driver=True,
+        configure_logging=False,
+    )
+
+
+def _cluster_cpus() -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def _run_tasks(
+    fn: Callable, jobs: list[tuple[str, tuple]], cfg: PipelineConfig, progress: Progress, phase: str
+) -> tuple[dict[str, dict], dict[str, str]]:
+    """Run `fn(*args)` per job as Ray tasks with at most max_in_flight pending; collect results/errors."""
+    import ray
+
+    results: dict[str, dict] = {}
+    errors: dict[str, str] = {}
+    if not jobs:
+        return results, errors
+    ensure_ray(cfg)
+    remote = ray.remote(num_cpus=1, max_retries=cfg.ray.max_retries, retry_exceptions=False)(fn)
+    limit = cfg.ray.max_in_flight or 2 * _cluster_cpus()
+    pending: dict[Any, str] = {}
+    queue = list(jobs)
+    while queue or pending:
+        while queue and len(pending) < limit:
+            key, args = queue.pop(0)
+            pending[remote.remote(*args)] = key
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+        for ref in done:
+            key = pending.pop(ref)
+            try:
+                results[key] = ray.get(ref)
+                progress.advance(phase, results[key].get("num_in", 0))
+            except Exception as e:  # noqa: BLE001 - report every failed input, not only the first
+                cause = getattr(e, "cause", None) or e
+                errors[key] = f"{type(cause).__name__}: {cause}"
+                progress.advance(phase, 0)
+        progress.refresh()
+    return results, errors
+
+
+def _raise_errors(errors: dict[str, str], phase: str) -> None:
+    if errors:
+        lines = "\n".join(f"  {k}: {v}" for k, v in sorted(errors.items()))
+        raise PipelineError(
+            f"{len(errors)} task(s) failed in phase {phase}:\n{lines}\n"
+            "Fix the input (or config) and rerun: finished shards are kept."
+        )
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_yaml(cfg))
+    units = discover_inputs(cfg.input)
+    names = [u.name for u in units]
+    chain_id = config_hash(cfg.chain_identity() | {"exact_dedup": to_dict(cfg.exact_dedup)})
+    progress = Progress(enabled=cfg.progress)
+
+    # Phase 1: the fused per-document chain, one task per input unit.
+    chain: dict[str, dict] = {}
+    jobs = []
+    for u in units:
+        fp = {
+            "input": file_fingerprint(u.path) if u.format != "text" else _dir_fingerprint(u.path),
+            "config": chain_id,
+        }
+        rec = load_done(out, out / "_work" / "chain" / f"{u.name}.done.json", fp)
+        if rec is not None:
+            chain[u.name] = rec
+        else:
+            jobs.append((u.name, (u, cfg, str(out), fp)))
+    progress.start("chain", total=len(units), done=len(units) - len(jobs))
+    results, errors = _run_tasks(run_chain, jobs, cfg, progress, "chain")
+    chain.update(results)
+    _raise_errors(errors, "chain")
+
+    # Phase 2: exact dedup per hash partition (depends on every chain output).
+    dedup_fp = config_hash(
+        {"chain": [chain[n]["fingerprint"] | {"n": chain[n]["num_kept"]} for n in names], "units": names}
+    )
+    dups: dict[str, dict] = {}
+    if cfg.exact_dedup.enabled:
+        jobs = []
+        for p in range(cfg.exact_dedup.num_partitions):
+            rec = load_done(out, out / "_work" / "dups" / f"p={p:05d}.done.json", dedup_fp)
+            if rec is not None:
+                dups[str(p)] = rec
+            else:
+                jobs.append((str(p), (p, names, str(out), dedup_fp)))
+        progress.start(
+            "exact_dedup",
+            total=cfg.exact_dedup.num_partitions,
+            done=cfg.exact_dedup.num_partitions - len(jobs),
+        )
+        results, errors = _run_tasks(dedup_partition, jobs, cfg, progress, "exact_dedup")
+        dups.update(results)
+        _raise_errors(errors, "exact_dedup")
+
+    # Phase 3: finalize each shard.
+    final: dict[str, dict] = {}
+    jobs = []
+    for n in names:
+        fp = config_hash([dedup_fp, chain[n]["fingerprint"]])
+        rec = load_done(out, out / "_work" / "final" / f"{n}.done.json", fp)
+        if rec is not None:
+            final[n] = rec
+        else:
+            jobs.append((n, (n, cfg, str(out), fp)))
+    progress.start("finalize", total=len(names), done=len(names) - len(jobs))
+    results, errors = _run_tasks(finalize_shard, jobs, cfg, progress, "finalize")
+    final.update(results)
+    _raise_errors(errors, "finalize")
+    progress.stop()
+
+    _remove_stale(out, names)
+    stats = _aggregate(cfg, units, chain, final, time.perf_counter() - t_start)
+    write_json(out / "stats.json", stats)
+    write_manifest(
+        out,
+        config_hash=chain_id,
+        shards=[
+            {
+                **final[u.name]["shard"],
+                "input": u.relpath,
+                "input_fingerprint": chain[u.name]["fingerprint"]["input"],
+                "config_hash": chain_id,
+            }
+            for u in units
+        ],
+        rejects=[chain[u.name]["rejects"] for u in units] + [final[u.name]["rejects"] for u in units],
+    )
+    from data_pipeline.summary import write_summary
+
+    write_summary(out, stats, print_table=cfg.progress)
+    return stats
+
+
+def _dir_fingerprint(path: str) -> dict:
+    files = sorted(Path(path).glob("*.txt"))
+    return {"files": [[f.name, *file_fingerprint(f).values()] for f in files]}
+
+
+def _remove_stale(out: Path, names: list[str]) -> None:
+    """Drop outputs of inputs no longer in the run and temp files of killed tasks."""
+    keep = {f"shards/{n}.parquet" for n in names}
+    keep |= {f"rejects/{n}{suffix}.parquet" for n in names for suffix in ("", ".exact_dedup")}
+    for sub in ("shards", "rejects"):
+        for f in (out / sub).glob("*"):
+            if f"{sub}/{f.name}" not in keep:
+                f.unlink()
+    for f in (out / "_work").rglob(".*.tmp"):
+        f.unlink()
+
+
+def _aggregate(cfg: PipelineConfig, units: list[InputUnit], chain: dict, final: dict, seconds: float) -> dict:
+    stages: dict[str, dict] = {}
+    order = ["read", *[n for n in STAGE_ORDER if getattr(cfg, n).enabled]]
+    if cfg.exact_dedup.enabled:
+        order.append("exact_dedup")
+    stage_in: Counter = Counter()
+    rejected: dict[str, Counter] = defaultdict(Counter)
+    examples: dict[str, list] = defaultdict(list)
+    pii: Counter = Counter()
+    num_in = 0
+    for u in units:
+        for rec in (chain[u.name], final[u.name]):
+            stage_in.update(rec["stage_in"])
+            for s, c in rec["rejected"].items():
+                rejected[s].update(c)
+            for k, ex in rec["examples"].items():
+                examples[k].extend(ex[: max(0, cfg.num_example_rejects - len(examples[k]))])
+        pii.update(chain[u.name]["pii"])
+        num_in += chain[u.name]["num_in"]
+    stage_in["read"] = num_in
+    for s in order:
+        n_rej = sum(rejected[s].values())
+        stages[s] = {
+            "in": stage_in[s],
+            "kept": stage_in[s] - n_rej,
+            "rejected": n_rej,
+            "reasons": dict(sorted(rejected[s].items())),
+        }
+    num_kept = sum(final[u.name]["num_kept"] for u in units)
+    num_rejected = sum(v["rejected"] for v in stages.values())
+    assert num_in == num_kept + num_rejected, (
+        f"accounting broken: in={num_in} kept={num_kept} rejected={num_rejected}"
+    )
+    chain_seconds = sum(chain[u.name]["seconds"] for u in units)
+    return {
+        "num_in": num_in,
+        "num_kept": num_kept,
+        "num_rejected": num_rejected,
+        "stages": stages,
+        "pii": dict(sorted(pii.items())),
+        "examples": dict(sorted(examples.items())),
+        "num_shards": len(units),
+        "seconds": round(seconds, 3),
+        "docs_per_second": round(num_in / seconds, 1) if seconds else None,
+        "task_seconds_chain": round(chain_seconds, 3),
+    }
+
+
+def clean_output(out_dir: str | Path) -> None:
+    """Remove a stage directory entirely (used by `--restart`)."""
+    shutil.rmtree(out_dir, ignore_errors=True)

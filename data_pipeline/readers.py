@@ -1,0 +1,354 @@
+"""Readers: turn input files into Docs, or into rejects that say what was wrong and where.
+
+Formats: JSONL (.jsonl/.ndjson, optionally .gz/.zst), Parquet (raw records or our own document
+shards), directories of .txt files (one document per file), and WARC (.warc/.warc.gz) whose HTML
+responses go through trafilatura. A malformed line or record becomes a reject with reason and
+`file:line`; an unreadable file raises `InputError` naming the file.
+
+Document ids are positional and stable: `relpath:line` (JSONL, 1-based), `relpath#row` (Parquet,
+0-based), `relpath` (.txt), `relpath#k` (k-th WARC response, 0-based). A record's own id is kept
+in metadata as `source_id`.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from data_pipeline.document import Doc, Reject
+from pretrain.config import check
+
+log = logging.getLogger(__name__)
+
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz", ".jsonl.zst", ".ndjson.zst")
+WARC_SUFFIXES = (".warc", ".warc.gz")
+REJECT_TEXT_CHARS = 2000  # how much of a malformed record we keep in rejects/ for debugging
+
+
+class InputError(RuntimeError):
+    """An input file cannot be read at all (not one bad record: the file itself)."""
+
+
+@dataclass
+class InputConfig:
+    paths: list[str] = field(default_factory=list)
+    """Files, directories (searched recursively) or glob patterns."""
+    format: Literal["auto", "jsonl", "parquet", "text", "warc", "shards"] = "auto"
+    """`auto` picks by file suffix; `shards` reads our own document shards (keeps ids and metadata)."""
+    text_field: str = "text"
+    """Record field holding the document text (JSONL and Parquet)."""
+    id_field: str = "id"
+    """Record field kept as metadata.source_id when present."""
+    url_field: str = "url"
+    """Record field holding the URL, when present."""
+    source_field: str = "source"
+    """Record field naming the source/domain; falls back to `source`, then the top-level folder name."""
+    source: str | None = None
+    """Source name for every document (overrides the record's own field)."""
+    keep_fields: list[str] = field(default_factory=list)
+    """Extra record fields copied into metadata."""
+
+    def __post_init__(self) -> None:
+        check(
+            all(isinstance(p, str) and p for p in self.paths),
+            "input.paths",
+            self.paths,
+            "a list of non-empty paths",
+        )
+
+
+@dataclass(frozen=True)
+class InputUnit:
+    """One unit of work: a file, or a folder of .txt files. `name` is filesystem-safe and unique."""
+
+    path: str
+    relpath: str
+    format: str
+    name: str
+
+
+def _format_of(path: str) -> str | None:
+    p = path.lower()
+    if p.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    if p.endswith(".parquet"):
+        return "parquet"
+    if p.endswith(WARC_SUFFIXES):
+        return "warc"
+    if p.endswith(".txt"):
+        return "text"
+    return None
+
+
+def _safe_name(relpath: str) -> str:
+    return relpath.replace(os.sep, "__").replace("/", "__").replace(":", "_")
+
+
+def _glob_root(spec: str) -> Path:
+    """The folder part of a glob before its first wildcard: ids are relative to it."""
+    parts = Path(spec).parts
+    for i, part in enumerate(parts):
+        if glob.has_magic(part):
+            return Path(*parts[:i]) if i else Path(".")
+    return Path(spec).parent
+
+
+def discover_inputs(cfg: InputConfig) -> list[InputUnit]:
+    """Expand paths into sorted input units. `.txt` files are grouped per folder (one unit each).
+
+    Relative paths (the base of document ids) are taken from the folder given, or the folder of a
+    file or glob.
+    """
+    if not cfg.paths:
+        raise InputError("input.paths is empty: give at least one file, folder or glob")
+    units: dict[str, InputUnit] = {}
+    for spec in cfg.paths:
+        spec_path = Path(spec)
+        if spec_path.is_dir() and (spec_path / "manifest.json").exists() and (spec_path / "shards").is_dir():
+            from pretrain.shards import list_shards
+
+            for shard in list_shards(spec_path):
+                rel = f"shards/{shard.name}"
+                units[str(shard)] = InputUnit(str(shard), rel, "shards", _safe_name(shard.stem))
+            continue
+        if spec_path.is_dir():
+            root, files = spec_path, [p for p in spec_path.rglob("*") if p.is_file()]
+        elif spec_path.is_file():
+            root, files = spec_path.parent, [spec_path]
+        else:
+            files = [Path(m) for m in glob.glob(spec, recursive=True) if Path(m).is_file()]
+            if not files:
+                raise InputError(f"input path {spec!r} matches no file")
+            root = _glob_root(spec)
+        text_dirs: set[Path] = set()
+        for f in sorted(files):
+            fmt = cfg.format if cfg.format != "auto" else _format_of(str(f))
+            if fmt is None or f.name.startswith("."):
+                continue
+            if fmt == "text":
+                text_dirs.add(f.parent)
+                continue
+            rel = f.relative_to(root).as_posix()
+            units[str(f)] = InputUnit(str(f), rel, fmt, _safe_name(rel))
+        for d in sorted(text_dirs):
+            rel = d.relative_to(root).as_posix()
+            rel = d.name if rel == "." else rel
+            units[str(d) + "/"] = InputUnit(str(d), rel, "text", _safe_name(rel) + "__txt")
+    if not units:
+        raise InputError(
+            f"no readable input files under {cfg.paths} (looked for {JSONL_SUFFIXES}, .parquet, .txt, .warc)"
+        )
+    out = sorted(units.values(), key=lambda u: (u.relpath, u.path))
+    names = [u.name for u in out]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise InputError(f"two inputs map to the same shard name {sorted(dupes)[0]!r}: give distinct folders")
+    return out
+
+
+def _default_source(relpath: str) -> str:
+    parts = Path(relpath).parts
+    return parts[0] if len(parts) > 1 else "default"
+
+
+# --- record -> Doc ------------------------------------------------------------------------------
+
+
+class _RecordConverter:
+    """Shared field handling for JSONL and Parquet records; warns once about a missing text field."""
+
+    def __init__(self, cfg: InputConfig, unit: InputUnit):
+        self.cfg, self.unit = cfg, unit
+        self.default_source = cfg.source or _default_source(unit.relpath)
+        self._warned = False
+
+    def convert(self, rec: object, doc_id: str) -> tuple[Doc, Reject | None]:
+        cfg = self.cfg
+        if not isinstance(rec, dict):
+            return Doc(doc_id, str(rec)[:REJECT_TEXT_CHARS], self.default_source), Reject(
+                "malformed_record", f"{doc_id}: expected a JSON object, got {type(rec).__name__}"
+            )
+        source = cfg.source or rec.get(cfg.source_field) or self.default_source
+        meta: dict = {}
+        if rec.get(cfg.id_field) is not None:
+            meta["source_id"] = str(rec[cfg.id_field])
+        for k in cfg.keep_fields:
+            if k in rec:
+                meta[k] = rec[k]
+        url = rec.get(cfg.url_field)
+        doc = Doc(doc_id, "", str(source), url if isinstance(url, str) else None, meta)
+        text = rec.get(cfg.text_field)
+        if text is None:
+            if not self._warned:
+                log.warning(
+                    "%s: record has no %r field; fields present: %s",
+                    self.unit.path,
+                    cfg.text_field,
+                    sorted(rec),
+                )
+                self._warned = True
+            doc.text = json.dumps(rec, ensure_ascii=False, default=str)[:REJECT_TEXT_CHARS]
+            return doc, Reject("missing_text", f"{doc_id}: no {cfg.text_field!r}; fields: {sorted(rec)}")
+        if not isinstance(text, str):
+            doc.text = repr(text)[:REJECT_TEXT_CHARS]
+            return doc, Reject("bad_text_type", f"{doc_id}: {cfg.text_field!r} is {type(text).__name__}")
+        doc.text = text
+        return doc, None
+
+
+def _open_binary(path: str) -> io.BufferedIOBase:
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if path.endswith(".zst"):
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(
+            open(path, "rb"), closefd=True, read_across_frames=True
+        )
+    return open(path, "rb")
+
+
+def read_jsonl(unit: InputUnit, cfg: InputConfig) -> Iterator[tuple[Doc, Reject | None]]:
+    import orjson
+
+    conv = _RecordConverter(cfg, unit)
+    try:
+        with _open_binary(unit.path) as raw:
+            stream = io.BufferedReader(raw) if not isinstance(raw, io.BufferedReader) else raw
+            for line_no, line in enumerate(stream, 1):
+                if not line.strip():
+                    continue
+                doc_id = f"{unit.relpath}:{line_no}"
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    yield (
+                        Doc(doc_id, line.decode("utf-8", "replace")[:REJECT_TEXT_CHARS], conv.default_source),
+                        Reject("invalid_utf8", f"{doc_id}: {e.reason} at byte {e.start}"),
+                    )
+                    continue
+                try:
+                    rec = orjson.loads(line)
+                except orjson.JSONDecodeError as e:
+                    yield (
+                        Doc(doc_id, line.decode("utf-8")[:REJECT_TEXT_CHARS], conv.default_source),
+                        Reject("malformed_json", f"{doc_id}: {e}"),
+                    )
+                    continue
+                yield conv.convert(rec, doc_id)
+    except (OSError, EOFError, ValueError) as e:  # truncated gzip, bad zstd frame, unreadable file
+        if isinstance(e, UnicodeDecodeError):
+            raise
+        raise InputError(f"cannot read {unit.path}: {type(e).__name__}: {e}") from None
+
+
+def read_parquet(
+    unit: InputUnit, cfg: InputConfig, batch_rows: int = 1024
+) -> Iterator[tuple[Doc, Reject | None]]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(unit.path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
+        raise InputError(f"cannot read {unit.path}: {e}") from None
+    names = pf.schema_arrow.names
+    if unit.format == "shards":
+        row = 0
+        for batch in pf.iter_batches(batch_size=batch_rows):
+            for rec in batch.to_pylist():
+                yield Doc.from_row(rec), None
+                row += 1
+        return
+    if cfg.text_field not in names:
+        raise InputError(f"{unit.path}: no column {cfg.text_field!r} (input.text_field); columns: {names}")
+    conv = _RecordConverter(cfg, unit)
+    wanted = [
+        c
+        for c in {cfg.text_field, cfg.id_field, cfg.url_field, cfg.source_field, *cfg.keep_fields}
+        if c in names
+    ]
+    row = 0
+    try:
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=wanted):
+            for rec in batch.to_pylist():
+                yield conv.convert(rec, f"{unit.relpath}#{row}")
+                row += 1
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"cannot read {unit.path} at row {row}: {e}") from None
+
+
+def read_text_dir(unit: InputUnit, cfg: InputConfig) -> Iterator[tuple[Doc, Reject | None]]:
+    source = cfg.source or Path(unit.relpath).parts[0]
+    for path in sorted(Path(unit.path).glob("*.txt")):
+        doc_id = f"{unit.relpath}/{path.name}"
+        data = path.read_bytes()
+        meta = {"source_id": path.stem}
+        try:
+            yield Doc(doc_id, data.decode("utf-8"), source, None, meta), None
+        except UnicodeDecodeError as e:
+            yield (
+                Doc(doc_id, data.decode("utf-8", "replace")[:REJECT_TEXT_CHARS], source, None, meta),
+                Reject("invalid_utf8", f"{doc_id}: {e.reason} at byte {e.start}"),
+            )
+
+
+def read_warc(unit: InputUnit, cfg: InputConfig) -> Iterator[tuple[Doc, Reject | None]]:
+    import trafilatura
+    from warcio.archiveiterator import ArchiveIterator
+
+    source = cfg.source or _default_source(unit.relpath)
+    k = 0
+    try:
+        with open(unit.path, "rb") as f:
+            for record in ArchiveIterator(f):
+                if record.rec_type != "response":
+                    continue
+                doc_id = f"{unit.relpath}#{k}"
+                k += 1
+                url = record.rec_headers.get_header("WARC-Target-URI")
+                meta = {"source_id": record.rec_headers.get_header("WARC-Record-ID")}
+                ctype = (record.http_headers.get_header("Content-Type") if record.http_headers else "") or ""
+                body = record.content_stream().read()
+                if "html" not in ctype.lower():
+                    yield (
+                        Doc(doc_id, "", source, url, meta),
+                        Reject("not_html", f"{doc_id}: Content-Type {ctype!r}"),
+                    )
+                    continue
+                html = body.decode("utf-8", "replace")
+                text = trafilatura.extract(
+                    html, include_comments=False, include_tables=False, deduplicate=False
+                )
+                if not text:
+                    yield (
+                        Doc(doc_id, html[:REJECT_TEXT_CHARS], source, url, meta),
+                        Reject("no_extractable_text", f"{doc_id}: trafilatura found no main text"),
+                    )
+                    continue
+                yield Doc(doc_id, text, source, url, meta), None
+    except Exception as e:  # noqa: BLE001 - warcio raises assorted errors on corrupt archives
+        raise InputError(f"cannot read {unit.path} after {k} responses: {type(e).__name__}: {e}") from None
+
+
+def read_unit(
+    unit: InputUnit, cfg: InputConfig, batch_rows: int = 1024
+) -> Iterator[tuple[Doc, Reject | None]]:
+    if not os.path.exists(unit.path):
+        raise InputError(f"input {unit.path} does not exist")
+    if unit.format == "jsonl":
+        return read_jsonl(unit, cfg)
+    if unit.format in ("parquet", "shards"):
+        return read_parquet(unit, cfg, batch_rows)
+    if unit.format == "text":
+        return read_text_dir(unit, cfg)
+    if unit.format == "warc":
+        return read_warc(unit, cfg)
+    raise InputError(f"unknown input format {unit.format!r} for {unit.path}")

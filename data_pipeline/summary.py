@@ -1,0 +1,67 @@
+"""Per-run summary: a rich table on the console and summary.md beside the shards.
+
+Counts per stage and reason (in = kept + rejected), a few example rejects per reason, PII
+counts per type and throughput.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def summary_markdown(stats: dict[str, Any]) -> str:
+    lines = [
+        "# Data pipeline summary",
+        "",
+        f"{stats['num_in']:,} documents in, {stats['num_kept']:,} kept, {stats['num_rejected']:,} rejected "
+        f"({stats['num_shards']} shards, {stats['seconds']:.1f} s, {stats['docs_per_second'] or 0:,.0f} docs/s).",
+        "",
+        "| stage | in | kept | rejected | reasons |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for name, s in stats["stages"].items():
+        reasons = ", ".join(f"{r}: {n:,}" for r, n in s["reasons"].items())
+        lines.append(f"| {name} | {s['in']:,} | {s['kept']:,} | {s['rejected']:,} | {reasons} |")
+    if stats.get("pii"):
+        lines += ["", "## PII replaced", "", "| type | count |", "| --- | ---: |"]
+        lines += [f"| {k} | {v:,} |" for k, v in stats["pii"].items()]
+    if stats.get("examples"):
+        lines += ["", "## Example rejects", ""]
+        for key, exs in stats["examples"].items():
+            lines.append(f"### {key}")
+            for ex in exs:
+                snippet = ex["text"].replace("\n", " ").replace("|", "\\|")[:120]
+                lines.append(f"- `{ex['id']}` ({ex['detail'][:100]}): {snippet}")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def print_summary(stats: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"{stats['num_in']:,} in -> {stats['num_kept']:,} kept "
+        f"({stats['docs_per_second'] or 0:,.0f} docs/s)"
+    )
+    for col in ("stage", "in", "kept", "rejected", "top reasons"):
+        table.add_column(col, justify="right" if col in ("in", "kept", "rejected") else "left")
+    for name, s in stats["stages"].items():
+        top = sorted(s["reasons"].items(), key=lambda kv: -kv[1])[:4]
+        table.add_row(
+            name,
+            f"{s['in']:,}",
+            f"{s['kept']:,}",
+            f"{s['rejected']:,}",
+            ", ".join(f"{r}={n}" for r, n in top),
+        )
+    Console().print(table)
+
+
+def write_summary(out_dir: str | Path, stats: dict[str, Any], print_table: bool = True) -> Path:
+    path = Path(out_dir) / "summary.md"
+    path.write_text(summary_markdown(stats))
+    if print_table:
+        print_summary(stats)
+    return path

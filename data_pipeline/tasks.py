@@ -1,0 +1,305 @@
+"""The work of one Ray task, as plain functions (no Ray import): testable in-process.
+
+Phase 1 `run_chain(unit)`: read one input unit, run the fused per-document stages, write the kept
+docs (with their row ordinal) to `_work/chain/`, rejects to `rejects/`, and the exact-dedup hashes
+of kept docs to `_work/hashes/p=NNNNN/`. Phase 2 `dedup_partition(p)`: within one hash partition,
+mark every doc whose text hash was seen earlier (by input order) as a duplicate of the first.
+Phase 3 `finalize_shard(unit)`: drop the duplicates of one shard and write `shards/`.
+Each task ends by writing a `.done.json` record; a rerun skips tasks whose record matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from data_pipeline.document import Doc, Reject
+from data_pipeline.readers import InputUnit, read_unit
+from pretrain.shards import DOC_SCHEMA, REJECT_SCHEMA, ShardWriter, read_json, write_json, write_table
+
+CHAIN_SCHEMA = pa.schema(list(DOC_SCHEMA) + [pa.field("_ord", pa.int64(), nullable=False)])
+HASH_SCHEMA = pa.schema(
+    [("hash", pa.binary(16)), ("shard", pa.string()), ("ord", pa.int64()), ("id", pa.string())]
+)
+DUP_SCHEMA = pa.schema(
+    [("shard", pa.string()), ("ord", pa.int64()), ("id", pa.string()), ("survivor_id", pa.string())]
+)
+EXAMPLE_CHARS = 160
+
+_STAGE_CACHE: dict[str, list] = {}  # Ray reuses worker processes: build models once per process
+
+
+def _build_stages(cfg) -> list:
+    from pretrain.config import config_hash
+
+    key = config_hash(cfg.chain_identity())
+    if key not in _STAGE_CACHE:
+        _STAGE_CACHE.clear()
+        _STAGE_CACHE[key] = [(name, stage_cfg.build()) for name, stage_cfg in cfg.stage_configs()]
+    return _STAGE_CACHE[key]
+
+
+def text_hash(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+def partition_of(h: bytes, num_partitions: int) -> int:
+    return int.from_bytes(h[:8], "big") % num_partitions
+
+
+def _maybe_crash(unit_name: str, num_rows_done: int) -> None:
+    """Fault injection for tests: DATA_PIPELINE_CRASH=<unit name>:<after rows>:<marker file>
+    kills this worker process once, mid-shard, like an OOM kill or a lost node would."""
+    spec = os.environ.get("DATA_PIPELINE_CRASH")
+    if not spec:
+        return
+    name, after, marker = spec.split(":", 2)
+    if name == unit_name and num_rows_done >= int(after) and not os.path.exists(marker):
+        Path(marker).write_text("crashed once\n")
+        os._exit(137)
+
+
+class _Tally:
+    """Counts per stage and reason, plus a few example rejects per reason."""
+
+    def __init__(self, num_examples: int):
+        self.num_examples = num_examples
+        self.stage_in: Counter = Counter()
+        self.rejected: dict[str, Counter] = defaultdict(Counter)
+        self.examples: dict[str, list] = defaultdict(list)
+        self.pii: Counter = Counter()
+
+    def reject(self, stage: str, doc: Doc, rej: Reject) -> dict:
+        self.rejected[stage][rej.reason] += 1
+        ex = self.examples[f"{stage}/{rej.reason}"]
+        if len(ex) < self.num_examples:
+            ex.append({"id": doc.id, "detail": rej.detail, "text": doc.text[:EXAMPLE_CHARS]})
+        return doc.to_row() | {"stage": stage, "reason": rej.reason, "detail": rej.detail}
+
+    def as_dict(self) -> dict:
+        return {
+            "stage_in": dict(self.stage_in),
+            "rejected": {s: dict(c) for s, c in self.rejected.items()},
+            "examples": dict(self.examples),
+            "pii": dict(self.pii),
+        }
+
+
+def run_chain(unit: InputUnit, cfg, out_dir: str, fingerprint: dict) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    stages = _build_stages(cfg)
+    tally = _Tally(cfg.num_example_rejects)
+    num_parts = cfg.exact_dedup.num_partitions
+    hashes: dict[int, list] = defaultdict(list)
+    num_in = num_kept = 0
+    chain_w = ShardWriter(out / "_work" / "chain" / f"{unit.name}.parquet", CHAIN_SCHEMA)
+    rej_w = ShardWriter(out / "rejects" / f"{unit.name}.parquet", REJECT_SCHEMA)
+    try:
+        batch: list[tuple[int, Doc]] = []
+        reader = read_unit(unit, cfg.input, cfg.batch_rows)
+
+        def flush() -> None:
+            nonlocal num_kept
+            docs = [d for _, d in batch]
+            ords = [o for o, _ in batch]
+            rej_rows = []
+            for name, stage in stages:
+                tally.stage_in[name] += len(docs)
+                results = stage.process_batch(docs)
+                keep_docs, keep_ords = [], []
+                for o, doc, res in zip(ords, docs, results):
+                    if isinstance(res, Reject):
+                        rej_rows.append(tally.reject(name, doc, res))
+                    else:
+                        keep_docs.append(res)
+                        keep_ords.append(o)
+                docs, ords = keep_docs, keep_ords
+            rows = []
+            for o, doc in zip(ords, docs):
+                for k, v in (doc.metadata.get("pii") or {}).items():
+                    tally.pii[k] += v
+                rows.append(doc.to_row() | {"_ord": o})
+                if cfg.exact_dedup.enabled:
+                    h = text_hash(doc.text)
+                    hashes[partition_of(h, num_parts)].append((h, unit.name, o, doc.id))
+            chain_w.write_rows(rows)
+            rej_w.write_rows(rej_rows)
+            num_kept += len(rows)
+            batch.clear()
+
+        for doc, rej in reader:
+            if rej is not None:
+                rej_w.write_rows([tally.reject("read", doc, rej)])
+            else:
+                batch.append((num_in, doc))
+            num_in += 1
+            if len(batch) >= cfg.batch_rows:
+                flush()
+                _maybe_crash(unit.name, num_in)
+        if batch:
+            flush()
+        chain_entry = chain_w.close()
+        rej_entry = rej_w.close()
+    except BaseException:
+        chain_w.abort()
+        rej_w.abort()
+        raise
+    hash_entries, hash_paths = [], []
+    for p in range(num_parts) if cfg.exact_dedup.enabled else []:
+        rows = hashes.get(p, [])
+        table = pa.Table.from_arrays(
+            [pa.array([r[i] for r in rows], type=HASH_SCHEMA.field(i).type) for i in range(4)],
+            schema=HASH_SCHEMA,
+        )
+        hash_paths.append(out / "_work" / "hashes" / f"p={p:05d}" / f"{unit.name}.parquet")
+        hash_entries.append(write_table(hash_paths[-1], table))
+    record = {
+        "unit": unit.name,
+        "input": unit.path,
+        "relpath": unit.relpath,
+        "fingerprint": fingerprint,
+        "num_in": num_in,
+        "num_kept": num_kept,
+        "chain": chain_entry,
+        "rejects": rej_entry,
+        "num_hash_rows": sum(e["rows"] for e in hash_entries),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "outputs": _outputs(out, chain_w.path, rej_w.path, *hash_paths),
+        **tally.as_dict(),
+    }
+    write_json(out / "_work" / "chain" / f"{unit.name}.done.json", record)
+    return record
+
+
+def dedup_partition(p: int, unit_names: list[str], out_dir: str, fingerprint: str) -> dict[str, Any]:
+    """Within one hash partition, the first doc (by input order, then row) of each hash survives."""
+    out = Path(out_dir)
+    part_dir = out / "_work" / "hashes" / f"p={p:05d}"
+    tables = [pq.read_table(part_dir / f"{n}.parquet") for n in unit_names]
+    table = pa.concat_tables(tables) if tables else HASH_SCHEMA.empty_table()
+    order = {n: i for i, n in enumerate(unit_names)}
+    num_dups = 0
+    if table.num_rows:
+        unit_idx = pa.array([order[s] for s in table.column("shard").to_pylist()], pa.int64())
+        table = table.append_column("unit_idx", unit_idx)
+        table = table.take(
+            pc.sort_indices(table, [("hash", "ascending"), ("unit_idx", "ascending"), ("ord", "ascending")])
+        )
+        h = table.column("hash").to_numpy(zero_copy_only=False)
+        same_as_prev = np.zeros(len(h), dtype=bool)
+        same_as_prev[1:] = h[1:] == h[:-1]
+        idx = np.arange(len(h))
+        group_start = np.maximum.accumulate(np.where(same_as_prev, 0, idx))
+        dup_rows = np.nonzero(same_as_prev)[0]
+        ids = table.column("id")
+        dups = pa.table(
+            {
+                "shard": table.column("shard").take(dup_rows),
+                "ord": table.column("ord").take(dup_rows),
+                "id": ids.take(dup_rows),
+                "survivor_id": ids.take(group_start[dup_rows]),
+            },
+            schema=DUP_SCHEMA,
+        )
+        num_dups = dups.num_rows
+    else:
+        dups = DUP_SCHEMA.empty_table()
+    dup_path = out / "_work" / "dups" / f"p={p:05d}.parquet"
+    entry = write_table(dup_path, dups.sort_by([("shard", "ascending"), ("ord", "ascending")]))
+    record = {
+        "partition": p,
+        "fingerprint": fingerprint,
+        "num_rows": table.num_rows,
+        "num_dups": num_dups,
+        "dups": entry,
+        "outputs": _outputs(out, dup_path),
+    }
+    write_json(out / "_work" / "dups" / f"p={p:05d}.done.json", record)
+    return record
+
+
+def finalize_shard(unit_name: str, cfg, out_dir: str, fingerprint: str) -> dict[str, Any]:
+    """Write shards/<unit>.parquet: the chain output minus exact duplicates (rejected with survivor)."""
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    dup_of: dict[int, str] = {}
+    if cfg.exact_dedup.enabled:
+        for p in range(cfg.exact_dedup.num_partitions):
+            t = pq.read_table(
+                out / "_work" / "dups" / f"p={p:05d}.parquet", filters=[("shard", "=", unit_name)]
+            )
+            dup_of.update(zip(t.column("ord").to_pylist(), t.column("survivor_id").to_pylist()))
+    tally = _Tally(cfg.num_example_rejects)
+    shard_w = ShardWriter(out / "shards" / f"{unit_name}.parquet", DOC_SCHEMA)
+    rej_w = ShardWriter(out / "rejects" / f"{unit_name}.exact_dedup.parquet", REJECT_SCHEMA)
+    num_in = 0
+    try:
+        pf = pq.ParquetFile(out / "_work" / "chain" / f"{unit_name}.parquet")
+        for batch in pf.iter_batches(batch_size=cfg.batch_rows):
+            table = pa.Table.from_batches([batch])
+            num_in += table.num_rows
+            if dup_of:
+                is_dup = np.array([o in dup_of for o in table.column("_ord").to_pylist()], dtype=bool)
+            else:
+                is_dup = np.zeros(table.num_rows, dtype=bool)
+            shard_w.write_table(table.filter(pa.array(~is_dup)).drop_columns(["_ord"]))
+            rej_rows = []
+            for i in np.nonzero(is_dup)[0]:
+                row = table.slice(int(i), 1).to_pylist()[0]
+                doc = Doc.from_row(row)
+                survivor = dup_of[row["_ord"]]
+                doc.metadata["duplicate_of"] = survivor
+                rej_rows.append(tally.reject("exact_dedup", doc, Reject("exact_duplicate", survivor)))
+            rej_w.write_rows(rej_rows)
+        shard_entry = shard_w.close()
+        rej_entry = rej_w.close()
+    except BaseException:
+        shard_w.abort()
+        rej_w.abort()
+        raise
+    if cfg.exact_dedup.enabled:
+        tally.stage_in["exact_dedup"] = num_in
+    record = {
+        "unit": unit_name,
+        "fingerprint": fingerprint,
+        "num_in": num_in,
+        "num_kept": shard_entry["rows"],
+        "shard": shard_entry,
+        "rejects": rej_entry,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "outputs": _outputs(out, shard_w.path, rej_w.path),
+        **tally.as_dict(),
+    }
+    write_json(out / "_work" / "final" / f"{unit_name}.done.json", record)
+    return record
+
+
+def _outputs(out: Path, *paths: Path) -> dict[str, int]:
+    return {str(p.relative_to(out)): p.stat().st_size for p in paths}
+
+
+def load_done(out_dir: str | Path, done_path: Path, fingerprint: Any) -> dict | None:
+    """A task's done record if it exists, matches `fingerprint` and its outputs are intact."""
+    if not done_path.exists():
+        return None
+    try:
+        rec = read_json(done_path)
+    except ValueError:
+        return None
+    if rec.get("fingerprint") != fingerprint:
+        return None
+    for rel, size in rec.get("outputs", {}).items():
+        f = Path(out_dir) / rel
+        if not f.exists() or f.stat().st_size != size:
+            return None
+    return rec

@@ -1,0 +1,179 @@
+"""Shard and manifest I/O shared by data_pipeline, tokenizer and trainer (pyarrow only, no Ray).
+
+Document shard: Parquet (zstd) with DOC_SCHEMA. Rejects add `stage`, `reason`, `detail`.
+A stage directory holds shards/, rejects/, manifest.json and stats.json. Every file is written
+to a temporary name and renamed when complete, so a reader never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DOC_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("url", pa.string(), nullable=True),
+        pa.field("metadata", pa.string(), nullable=False),  # JSON object
+    ]
+)
+REJECT_SCHEMA = pa.schema(
+    list(DOC_SCHEMA)
+    + [
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string(), nullable=True),
+    ]
+)
+PARQUET_OPTS = {
+    "compression": "zstd",
+    "compression_level": 3,
+    "use_dictionary": ["source", "stage", "reason"],
+}
+MANIFEST_VERSION = 1
+
+
+def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_fingerprint(path: str | Path) -> dict[str, Any]:
+    """Cheap identity of an input file (size + mtime) used to decide whether a shard must be redone."""
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it over `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+class ShardWriter:
+    """Streams record batches into one Parquet file atomically (row group per write)."""
+
+    def __init__(self, path: str | Path, schema: pa.Schema = DOC_SCHEMA):
+        self.path = Path(path)
+        self.schema = schema
+        self.num_rows = 0
+        self._ctx = atomic_path(self.path)
+        self._tmp = self._ctx.__enter__()
+        self._writer = pq.ParquetWriter(self._tmp, schema, **PARQUET_OPTS)
+
+    def write_rows(self, rows: list[dict]) -> None:
+        if rows:
+            self.write_table(pa.Table.from_pylist(rows, schema=self.schema))
+
+    def write_table(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self._writer.write_table(table.select(self.schema.names).cast(self.schema))
+            self.num_rows += table.num_rows
+
+    def close(self) -> dict[str, Any]:
+        """Finish the file and return its manifest entry (rows, bytes, sha256)."""
+        self._writer.close()
+        self._ctx.__exit__(None, None, None)
+        return {
+            "path": self.path.name,
+            "rows": self.num_rows,
+            "bytes": self.path.stat().st_size,
+            "sha256": sha256_file(self.path),
+        }
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        with contextlib.suppress(BaseException):
+            self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_table(path: str | Path, table: pa.Table, schema: pa.Schema | None = None) -> dict[str, Any]:
+    with ShardWriter(path, schema or table.schema) as w:
+        w.write_table(table)
+    return {
+        "path": Path(path).name,
+        "rows": w.num_rows,
+        "bytes": Path(path).stat().st_size,
+        "sha256": sha256_file(path),
+    }
+
+
+def iter_batches(
+    path: str | Path, batch_rows: int = 1024, columns: list[str] | None = None
+) -> Iterator[pa.RecordBatch]:
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ValueError(f"cannot read Parquet shard {path}: {e}") from None
+    yield from pf.iter_batches(batch_size=batch_rows, columns=columns)
+
+
+def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ValueError(f"cannot read Parquet shard {path}: {e}") from None
+
+
+def list_shards(stage_dir: str | Path, kind: str = "shards") -> list[Path]:
+    """Shard files of a stage directory, in the manifest's order when there is a manifest."""
+    stage_dir = Path(stage_dir)
+    manifest = stage_dir / "manifest.json"
+    if manifest.exists():
+        entries = read_json(manifest).get(kind, [])
+        return [stage_dir / kind / e["path"] for e in entries]
+    return sorted((stage_dir / kind).glob("*.parquet"))
+
+
+def write_manifest(stage_dir: str | Path, **fields: Any) -> None:
+    write_json(Path(stage_dir) / "manifest.json", {"version": MANIFEST_VERSION, **fields})
+
+
+def read_manifest(stage_dir: str | Path) -> dict[str, Any]:
+    path = Path(stage_dir) / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {stage_dir} a finished stage directory?")
+    return read_json(path)

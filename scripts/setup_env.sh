@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv and install the project with every extra. Idempotent: it reinstalls only when
+# pyproject.toml changed. torch goes first and pinned (the local CPU wheel here); an unpinned
+# torch would pull several GB of CUDA packages. Override with TORCH_SPEC="torch" on GPU boxes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+STAMP=.venv/.setup-stamp
+WANT=$(cat pyproject.toml scripts/setup_env.sh | sha256sum | cut -c1-16)
+if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
+  echo "setup: installing into .venv (first run takes about 2 minutes)"
+  .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+  .venv/bin/pip install -q -e ".[all]"
+  echo "$WANT" > "$STAMP"
+fi

@@ -1,0 +1,117 @@
+"""`ray job submit` against a local head (dashboard on 127.0.0.1) runs the data stages."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from tests.pipeline_helpers import REPO, read_outputs
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, timeout_s: float) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
+
+
+def test_ray_job_submit_runs_pipeline(small_corpus, tmp_path):
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    gcs, dash, client = _free_port(), _free_port(), _free_port()
+    # Loopback only; token auth off because this head is reachable from this machine only.
+    env = os.environ | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    # Ray's socket paths must stay short (AF_UNIX limit), so not under pytest's long tmp_path.
+    temp_dir = tempfile.mkdtemp(prefix="rayjob", dir="/tmp")
+    # --block keeps every Ray process of this head in one process group we can kill afterwards,
+    # without `ray stop` (which would also stop the test session's own Ray).
+    head = subprocess.Popen(
+        [
+            ray_bin,
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(gcs),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dash),
+            "--ray-client-server-port",
+            str(client),
+            "--num-cpus",
+            "2",
+            "--disable-usage-stats",
+            "--temp-dir",
+            temp_dir,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _wait_port(dash, 90)
+        out = tmp_path / "out"
+        cmd = [
+            ray_bin,
+            "job",
+            "submit",
+            "--address",
+            f"http://127.0.0.1:{dash}",
+            "--working-dir",
+            str(REPO),
+            "--",
+            sys.executable,
+            "-m",
+            "data_pipeline",
+            "run",
+            "--config",
+            "configs/data_tiny.yaml",
+            f"input.paths=[{small_corpus / 'raw'}]",
+            f"output_dir={out}",
+            "progress=false",
+        ]
+        for _ in range(30):  # the dashboard listens before the head's job agent is ready
+            res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+            if "No available agent" not in res.stderr:
+                break
+            time.sleep(2)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        assert "succeeded" in res.stdout + res.stderr
+        kept, rejected = read_outputs(out)
+        truth = (small_corpus / "truth.jsonl").read_text().count("\n")
+        assert len(kept) + len(rejected) == truth and len(kept) > 0
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        time.sleep(1)
+        try:
+            os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(temp_dir, ignore_errors=True)
