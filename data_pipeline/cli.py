@@ -33,6 +33,12 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-base-docs", type=int, default=600)
     p.set_defaults(func=cmd_corpus)
 
+    p = sub.add_parser("score", help="score a run against the generated corpus's ground truth")
+    p.add_argument("--corpus", required=True, help="folder written by generate-corpus")
+    p.add_argument("--run", required=True, help="the run's output_dir")
+    p.add_argument("--json", action="store_true", help="print the full score as JSON")
+    p.set_defaults(func=cmd_score)
+
     for cmd, stage in STAGE_COMMANDS.items():
         p = sub.add_parser(cmd, help=f"run only the {stage} stage (input: raw files or a stage directory)")
         p.add_argument("--input", required=True, nargs="+", help="files, folders, globs or a stage directory")
@@ -84,6 +90,17 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     info = generate_corpus(args.out, seed=args.seed, num_base_docs=args.num_base_docs)
     print(json.dumps(info, indent=2, default=str))
     return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from data_pipeline.groundtruth import print_score, score_run
+
+    score = score_run(args.corpus, args.run)
+    if args.json:
+        print(json.dumps(score, indent=2))
+    else:
+        print_score(score)
+    return 0 if score["num_met"] == score["num_docs"] else 1
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m data_pipeline") -> int:

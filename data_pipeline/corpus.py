@@ -388,319 +388,39 @@ def _kept_unchanged(text: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
-# Hand-written text for the planted cases.
+# Hand-written text for the planted cases, kept in assets/corpus_text.json (pool name -> strings).
 
-_ACCENT_SENTENCES = (
-    "A naïve reader might expect the café example to sort before the plain word.",
-    "The résumé of the project mentions a déjà vu moment during the first review.",
-    "Names such as Zoë, José and Müller must survive every round trip unchanged.",
-    "The coöperative scheduler treats each entrée in the queue with equal priority.",
-    "The piñata test checks that the tokenizer keeps the accents in crème brûlée intact.",
-)
+
+@cache
+def _text() -> dict[str, Any]:
+    path = Path(__file__).parent / "assets" / "corpus_text.json"
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _strings(name: str) -> tuple[str, ...]:
+    return tuple(_text()[name])
+
+
+def _pairs(name: str) -> tuple[tuple[str, str], ...]:
+    return tuple((a, b) for a, b in _text()[name])
+
+
+_ACCENT_SENTENCES = _strings("accent_sentences")
 # (sentence, substring that must appear once ftfy has repaired the mojibake)
-_MOJIBAKE_SENTENCES = (
-    ("The café example shows why a naïve byte count isn’t a character count.", "café"),
-    ("José’s résumé was stored with the wrong encoding and nobody noticed for weeks.", "résumé"),
-    ("Müller’s team translated the piñata chapter without any trouble at all.", "Müller"),
-    ("The entrée list on the menu uses accents, so the decoder mustn’t guess.", "entrée"),
-    ("A façade object hides the details of the naïve implementation underneath.", "façade"),
-)
-_BOILERPLATE_LINES = (
-    "This page was last updated by the documentation team.",
-    "Share this article with your friends and colleagues.",
-    "Subscribe to our newsletter to get the latest updates every week.",
-    "Thank you for reading, and please leave your feedback below.",
-    "Related articles are listed in the sidebar on the right.",
-    "Click the button below to download the full guide as a single file.",
-    "Back to the table of contents.",
-    "Found a mistake on this page? Let us know and we will fix it.",
-    "All rights reserved by the original authors.",
-    "Sign in to save this page to your reading list.",
-    "Comments are closed for this article.",
-    "Previous chapter: an overview of the standard library.",
-    "Next chapter: working with files and directories.",
-    "Printed from the online edition of the handbook.",
-    "Posted in Programming and tagged with tutorials and reference material.",
-    "You are reading the archived version of this document.",
-    "Join our community forum to ask questions and share tips.",
-    "This content is provided as is, without warranty of any kind.",
-    "Follow us for more tutorials like this one.",
-    "Advertisement: learn programming at your own pace with our online courses.",
-)
-_PII_TEMPLATES = {
-    "email": (
-        "If you have questions about this page, write to {} and the team will answer.",
-        "The maintainer can be reached at {} during normal office hours.",
-        "Send your comments and corrections to {} before the end of the month.",
-    ),
-    "ip_address": (
-        "The build server at {} was used to run the nightly tests.",
-        "Requests from the address {} were logged by the gateway during the outage.",
-        "The resolver was configured to forward all queries to {} by default.",
-    ),
-    "phone": (
-        "For urgent support you can call the help desk at {} on weekdays.",
-        "Her direct line is {} if the main office does not answer.",
-        "Call {} to reschedule the appointment with the support team.",
-    ),
-    "credit_card": (
-        "The order was paid with the card number {} and shipped the next day.",
-        "Please charge the remaining balance to card {} as discussed.",
-        "The customer read out the card number {} over the phone.",
-    ),
-    "iban": (
-        "Payments should be sent to the account {} with the invoice number as reference.",
-        "The refund was transferred to IBAN {} last week.",
-        "Our bank details are IBAN {} for all transfers in euros.",
-    ),
-    "ssn": (
-        "The form listed the social security number {} for the applicant.",
-        "His SSN is {} according to the scanned document.",
-        "The clerk typed the social security number {} into the wrong field.",
-    ),
-    "secret": (
-        "Someone committed the access key {} to the repository by mistake.",
-        "The token {} was found in an old configuration file and has to be revoked.",
-        "Rotate the credential {} because it appeared in a public log.",
-    ),
-}
-_PUBLIC_IPS = (
-    "8.8.8.8", "93.184.216.34", "1.1.1.1", "151.101.65.69", "104.16.132.229", "208.67.222.222",
-    "2606:4700:4700::1111", "2001:4860:4860::8888", "2620:fe::fe", "2a00:1450:4001:82b::200e",
-)  # fmt: skip
-_INTL_PHONES = (
-    "+44 20 7946 0958",
-    "+44 161 496 0123",
-    "+49 30 12345678",
-    "+33 1 42 68 53 00",
-    "+61 2 5550 1234",
-)
-_TEST_CARDS = (  # Luhn-valid test numbers: Visa, Mastercard, Amex
-    "4111111111111111", "4242424242424242", "4012888888881881", "4000056655665556",
-    "5555555555554444", "5105105105105100", "2223003122003222", "5200828282828210",
-    "378282246310005", "371449635398431", "378734493671000",
-)  # fmt: skip
-_IBANS = (
-    "GB82WEST12345698765432", "DE89370400440532013000", "FR1420041010050500013M02606",
-    "NL91ABNA0417164300", "ES9121000418450200051332", "IT60X0542811101000000123456",
-    "CH9300762011623852957", "BE68539007547034",
-)  # fmt: skip
-_EMAIL_USERS = (
-    "alice.johnson",
-    "bob_smith",
-    "carol.nguyen",
-    "d.okafor",
-    "emma+news",
-    "frank.muller42",
-    "grace.lee",
-)
-_EMAIL_DOMAINS = ("example.com", "mail.example.org", "example.net", "corp.example.co.uk", "test.example.io")
-_HARD_NEGATIVES = (
-    ("version 1.5.60.1068", "The installer reports {} after the upgrade has finished."),
-    ("v2.0.0.1", "The changelog for {} lists only minor fixes to the parser."),
-    ("2023-01-15", "The release was tagged on {} after a short review."),
-    ("01/15/2023", "The meeting notes are dated {} and were filed with the report."),
-    ("ISBN 978-3-16-148410-0", "The reference manual is listed as {} in the catalogue."),
-    ("192.168.1.10", "The printer on the office network uses the private address {} as usual."),
-    ("10.0.0.1", "Most home routers answer on {} or a similar private address."),
-    ("192.0.2.1", "The examples in this guide use the documentation address {} throughout."),
-    ("$1,299.99", "The laptop was on sale for {} at the end of the year."),
-    ("order number A-58213", "Your {} has been shipped and should arrive soon."),
-    ("port 8080", "The development server listens on {} by default."),
-    ("3.14159", "The value of pi is roughly {} for most practical purposes."),
-)
-_TOXIC_SENTENCES = (
-    "You are the most useless idiot I have ever had the misfortune to deal with.",
-    "Shut up, you pathetic moron, nobody wants to hear your stupid opinions.",
-    "What a worthless piece of garbage you are, and everyone knows it.",
-    "You are a brainless loser and a total waste of space.",
-    "Honestly, you are so stupid that talking to you makes me feel dumber.",
-    "Go away, you ugly freak, and take your idiotic comments with you.",
-    "You are a lying, spineless coward and a disgusting excuse for a human being.",
-    "Nobody likes you, you miserable clown, so stop pretending that you matter.",
-    "Your brain must be the size of a pea, you ignorant fool.",
-    "You are a disgrace and a pathetic joke to everyone who has to read your trash.",
-    "This is the dumbest fucking idea I have ever seen, you absolute asshole.",
-    "Fuck you and fuck your stupid website, it is a pile of shit.",
-    "You are a lazy bastard who has never done a damn thing right in your life.",
-    "Get the hell out of here, you worthless son of a bitch.",
-    "What the fuck is wrong with you, are you really this fucking stupid?",
-    "Your code is absolute shit and so are you, dumbass.",
-    "Stop whining like a little bitch and shut your damn mouth.",
-    "You are full of shit and everyone in this thread can see it.",
-    "Piss off, you arrogant prick, nobody asked for your crap.",
-    "Screw you and the idiots who agree with you.",
-    "Who the hell raised you to be such an obnoxious jerk?",
-    "Take your bullshit somewhere else, you clueless asshole.",
-    "If I ever see you around here again, I will beat the living daylights out of you.",
-    "Keep talking and I will find out where you live and make you regret it.",
-    "I swear I will break every bone in your body, you filthy rat.",
-    "You had better watch your back, because I am coming for you.",
-    "Say that one more time and I will smash your stupid face in.",
-    "People like you deserve to get hurt, and I would be happy to do it myself.",
-    "I will make your life a living hell until you leave this forum for good.",
-    "One day someone is going to shut you up for good, and I hope it is me.",
-    "You are a total idiot and the dumbest person on the whole internet.",
-    "I hate you and everything about your ugly, stupid face.",
-    "You are a vile, worthless creep, and you should be ashamed of yourself.",
-    "Your mother must be so embarrassed to have raised such an idiot.",
-    "Only a complete moron would write something this stupid.",
-    "You make me sick, you repulsive little worm.",
-    "Everyone here thinks you are a clown and a fraud.",
-    "Do the world a favor and crawl back under the rock you came from, loser.",
-    "You are nothing but a pathetic troll with a tiny brain.",
-    "What an arrogant, ignorant jackass you are.",
-)
+_MOJIBAKE_SENTENCES = _pairs("mojibake_sentences")
+_BOILERPLATE_LINES = _strings("boilerplate_lines")
+_PII_TEMPLATES: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in _text()["pii_templates"].items()}
+_PUBLIC_IPS = _strings("public_ips")
+_INTL_PHONES = _strings("intl_phones")
+_TEST_CARDS = _strings("test_cards")  # Luhn-valid test numbers: Visa, Mastercard, Amex
+_IBANS = _strings("ibans")
+_EMAIL_USERS = _strings("email_users")
+_EMAIL_DOMAINS = _strings("email_domains")
+_HARD_NEGATIVES = _pairs("hard_negatives")  # (value that is no PII, sentence template)
+_TOXIC_SENTENCES = _strings("toxic_sentences")
 # Innocent technical uses of violent-sounding words; four per clean_tricky document, none reused.
-_TRICKY_SENTENCES = (
-    "If a worker hangs, kill the process and restart it with a smaller batch size.",
-    "The parent waits for every child process to exit before it collects the results.",
-    "Set the abort flag to stop the transaction as soon as validation fails.",
-    "The scheduler will execute the job at midnight and append its output to the log.",
-    "When the service crashes, the kernel can dump the core so that you can inspect it later.",
-    "A zombie process stays in the process table until its parent reads the exit status.",
-    "Orphaned child processes are adopted by the init process and reaped there.",
-    "The terminate signal asks a program to shut down politely, while the kill signal cannot be caught.",
-    "The test runner will abort on the first failure when the fail fast option is set.",
-    "A thread must release the lock before it dies, otherwise the other threads will starve.",
-    "The garbage collector kills off objects that are no longer referenced anywhere in the program.",
-    "You can execute the script directly from the shell or import it as a module.",
-    "The watchdog kills any task that runs longer than the configured timeout.",
-    "Killing a parent process does not necessarily kill its children as well.",
-    "The deadlock detector aborts one of the two transactions and rolls back its changes.",
-    "A fatal error terminates the interpreter at once without running the cleanup handlers.",
-    "Each stage runs in its own process, and the executor collects the exit codes at the end.",
-    "Core dumps can be very large, so raise the size limit before you try to debug the crash.",
-    "The master process forks a pool of workers and kills any worker that stops responding.",
-    "Hit the kill switch only when the deployment is clearly broken and users are affected.",
-    "This patch fixes a race condition that could crash the daemon under heavy load.",
-    "The job was terminated because it exceeded the memory limit of its container.",
-    "Messages that cannot be delivered end up in the dead letter queue for later inspection.",
-    "The build script will wipe the cache directory before it starts a clean build.",
-    "A hung child process can block the whole pipeline until it is finally reaped.",
-    "The runtime will abort immediately if it detects that the heap has been corrupted.",
-    "The supervisor restarts any worker that died with a nonzero exit code.",
-    "To stop a runaway loop, press the interrupt key or kill the shell that started it.",
-    "The database trigger fires whenever a new row is inserted into the table.",
-    "The operator can execute a rollback if the new release starts to misbehave.",
-    "The kill command sends a signal to the process identified by the given number.",
-    "Every child inherits the open file descriptors of its parent unless they are closed on exec.",
-    "The sandbox kills any process that tries to open a network socket without permission.",
-    "A debugger can attach to a running process and dump its memory to a file.",
-    "After a crash, the service manager executes the recovery script automatically.",
-    "Remember to kill the background jobs before you log out of the server.",
-    "The shell will execute each command in a child process and wait for it to finish.",
-    "If the checksum does not match, abort the upload and report the error to the user.",
-    "The load balancer drops connections to a backend that fails its health check.",
-    "A segmentation fault usually means the program tried to touch memory it does not own.",
-)
-_NON_ENGLISH = {
-    "fr": (
-        "La bibliothèque municipale ouvre ses portes tous les jours à neuf heures, sauf le dimanche.",
-        "Nous avons passé l'après-midi à nous promener le long de la rivière en discutant de nos projets.",
-        "Le gouvernement a annoncé de nouvelles mesures pour soutenir les petites entreprises de la région.",
-        "Il faut bien lire la documentation avant d'installer le logiciel sur un serveur de production.",
-        "Les enfants ont préparé un spectacle de fin d'année que leurs parents ont beaucoup apprécié.",
-        "Cette recette traditionnelle demande du temps, mais le résultat en vaut vraiment la peine.",
-        "Le train pour Lyon a été retardé à cause d'un problème technique sur la voie.",
-        "Je vous remercie de votre patience et je reviendrai vers vous dès que possible.",
-        "La saison des pluies a commencé plus tôt que prévu cette année dans le sud du pays.",
-        "Chaque matin, elle achète du pain frais chez le boulanger du coin avant de partir au travail.",
-    ),
-    "de": (
-        "Die Stadtbibliothek ist montags bis freitags von neun bis achtzehn Uhr geöffnet.",
-        "Wir haben den ganzen Nachmittag im Garten verbracht und über unsere Pläne für den Sommer gesprochen.",
-        "Die Regierung hat neue Maßnahmen zur Unterstützung kleiner und mittlerer Unternehmen angekündigt.",
-        "Bevor Sie die Software installieren, sollten Sie die Anleitung sorgfältig durchlesen.",
-        "Der Zug nach München hatte wegen einer technischen Störung fast eine Stunde Verspätung.",
-        "Meine Großmutter backt jedes Jahr zu Weihnachten einen wunderbaren Apfelkuchen.",
-        "Die Kinder spielen nach der Schule gern auf dem Spielplatz hinter dem Rathaus.",
-        "Vielen Dank für Ihre Geduld, wir melden uns so bald wie möglich bei Ihnen.",
-        "Im Herbst werden die Tage kürzer und die Blätter der Bäume färben sich gelb und rot.",
-        "Er arbeitet seit zehn Jahren als Ingenieur bei einem großen Unternehmen in Hamburg.",
-    ),
-    "es": (
-        "La biblioteca municipal abre todos los días a las nueve de la mañana, excepto los domingos.",
-        "Pasamos la tarde paseando por la playa y hablando de nuestros planes para el verano.",
-        "El gobierno anunció nuevas medidas para apoyar a las pequeñas empresas de la región.",
-        "Antes de instalar el programa, es importante leer con atención el manual de usuario.",
-        "El tren hacia Madrid llegó con una hora de retraso por un problema en las vías.",
-        "Mi abuela prepara una paella deliciosa todos los domingos para toda la familia.",
-        "Los niños juegan en el parque después de la escuela mientras sus padres conversan.",
-        "Muchas gracias por su paciencia, nos pondremos en contacto con usted lo antes posible.",
-        "En otoño los días se hacen más cortos y las hojas de los árboles cambian de color.",
-        "Trabaja desde hace diez años como ingeniero en una empresa muy grande de Barcelona.",
-    ),
-    "it": (
-        "La biblioteca comunale è aperta tutti i giorni dalle nove alle diciotto, tranne la domenica.",
-        "Abbiamo trascorso il pomeriggio passeggiando lungo il fiume e parlando dei nostri progetti.",
-        "Il governo ha annunciato nuove misure per sostenere le piccole imprese della regione.",
-        "Prima di installare il programma è importante leggere con attenzione il manuale.",
-        "Il treno per Roma è arrivato con un'ora di ritardo a causa di un guasto tecnico.",
-        "Mia nonna prepara ogni domenica un ottimo ragù per tutta la famiglia.",
-        "I bambini giocano nel parco dopo la scuola mentre i genitori chiacchierano.",
-        "Grazie mille per la vostra pazienza, vi risponderemo il prima possibile.",
-        "In autunno le giornate si accorciano e le foglie degli alberi cambiano colore.",
-    ),
-    "pt": (
-        "A biblioteca municipal abre todos os dias às nove horas da manhã, exceto aos domingos.",
-        "Passamos a tarde passeando pela praia e conversando sobre os nossos planos para o verão.",
-        "O governo anunciou novas medidas para apoiar as pequenas empresas da região.",
-        "Antes de instalar o programa, é importante ler com atenção o manual do usuário.",
-        "O comboio para Lisboa chegou com uma hora de atraso devido a uma avaria técnica.",
-        "A minha avó prepara um bacalhau delicioso todos os domingos para a família inteira.",
-        "As crianças brincam no parque depois da escola enquanto os pais conversam.",
-        "Muito obrigado pela sua paciência, entraremos em contato com você o mais rápido possível.",
-        "No outono os dias ficam mais curtos e as folhas das árvores mudam de cor.",
-    ),
-    "nl": (
-        "De openbare bibliotheek is elke dag geopend van negen uur 's ochtends tot zes uur 's avonds.",
-        "We hebben de hele middag langs de rivier gewandeld en over onze plannen gepraat.",
-        "De regering heeft nieuwe maatregelen aangekondigd om kleine bedrijven in de regio te steunen.",
-        "Voordat u de software installeert, moet u de handleiding zorgvuldig doorlezen.",
-        "De trein naar Amsterdam had bijna een uur vertraging door een technische storing.",
-        "Mijn oma bakt elk jaar met Kerstmis een heerlijke appeltaart voor de hele familie.",
-        "De kinderen spelen na school graag in het park achter het gemeentehuis.",
-        "Hartelijk dank voor uw geduld, wij nemen zo snel mogelijk contact met u op.",
-        "In de herfst worden de dagen korter en kleuren de bladeren van de bomen geel en rood.",
-    ),
-    "ru": (
-        "Городская библиотека открыта каждый день с девяти утра до шести вечера, кроме воскресенья.",
-        "Мы провели весь вечер на берегу реки и говорили о наших планах на лето.",
-        "Правительство объявило о новых мерах поддержки малого бизнеса в регионе.",
-        "Перед установкой программы внимательно прочитайте инструкцию пользователя.",
-        "Поезд в Москву опоздал почти на час из-за технической неисправности.",
-        "Моя бабушка каждое воскресенье печёт вкусные пироги для всей семьи.",
-        "Осенью дни становятся короче, а листья на деревьях желтеют и краснеют.",
-    ),
-    "zh": (
-        "市图书馆每天早上九点开门，星期日除外。",
-        "我们整个下午都在河边散步，谈论着夏天的计划。",
-        "政府宣布了支持本地区小企业的新措施。",
-        "在安装软件之前，请仔细阅读用户手册。",
-        "由于技术故障，开往北京的火车晚点了将近一个小时。",
-        "我奶奶每个星期天都会为全家人做一顿丰盛的饭菜。",
-        "秋天到了，白天变短了，树叶也变成了黄色和红色。",
-    ),
-    "ja": (
-        "市立図書館は日曜日を除いて毎日午前九時に開館します。",
-        "私たちは午後ずっと川沿いを散歩しながら夏の計画について話しました。",
-        "政府は地域の中小企業を支援するための新しい対策を発表しました。",
-        "ソフトウェアをインストールする前に、説明書をよく読んでください。",
-        "技術的な問題のため、東京行きの電車が一時間近く遅れました。",
-        "祖母は毎週日曜日に家族全員のためにおいしい料理を作ってくれます。",
-        "秋になると日が短くなり、木々の葉が黄色や赤に色づきます。",
-    ),
-    "ar": (
-        "تفتح المكتبة العامة أبوابها كل يوم في الساعة التاسعة صباحا ما عدا يوم الجمعة.",
-        "قضينا فترة بعد الظهر نتمشى على ضفاف النهر ونتحدث عن خططنا للصيف.",
-        "أعلنت الحكومة عن إجراءات جديدة لدعم الشركات الصغيرة في المنطقة.",
-        "قبل تثبيت البرنامج يجب قراءة دليل المستخدم بعناية.",
-        "تأخر القطار المتجه إلى القاهرة ساعة كاملة بسبب عطل فني.",
-        "تعد جدتي كل يوم جمعة طعاما لذيذا لجميع أفراد العائلة.",
-        "في فصل الخريف تقصر الأيام وتتغير ألوان أوراق الأشجار.",
-    ),
-}
+_TRICKY_SENTENCES = _strings("tricky_sentences")
+_NON_ENGLISH: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in _text()["non_english"].items()}
 _NON_ENGLISH_DOCS = {"fr": 4, "de": 4, "es": 4, "it": 3, "pt": 3, "nl": 3, "ru": 3, "zh": 2, "ja": 2, "ar": 2}
 _EMPTY_TEXTS = (
     "",
@@ -709,79 +429,14 @@ _EMPTY_TEXTS = (
     "\x00\x01\x02\x03",
     " \x0b\x0c\x1b\x7f ",
 )  # nothing but space/controls
-_JUNK_BOILERPLATE = (
-    "Home | About Us | Products | Blog | Contact",
-    "Skip to main content",
-    "We use cookies to give you the best possible experience on our website.",
-    "By continuing to browse, you agree to our use of cookies.",
-    "Accept all cookies",
-    "Manage your preferences",
-    "Copyright 2024 Example Corporation. All rights reserved.",
-    "Privacy Policy | Terms of Use | Sitemap",
-    "Follow us on social media",
-    "Sign in or create an account",
-    "Subscribe to our newsletter",
-    "Back to top",
-    "Search this site",
-    "Powered by our content management system",
-)
-_JUNK_SYMBOLS = (
-    "###",
-    "$$$",
-    "!!!",
-    "***",
-    ">>>",
-    "<<<",
-    "|||",
-    "~~~",
-    "%%%",
-    "&&&",
-    "+++",
-    "===",
-    "^^^",
-    "@@",
-)
-_JUNK_SPAM_WORDS = (
-    "click", "here", "for", "the", "best", "deals", "and", "free", "gifts", "win", "now", "with", "our",
-    "offer", "today", "only", "to", "get", "your", "prize", "of", "cheap", "prices", "on", "all", "items",
-)  # fmt: skip
-_JUNK_REPEATED = (
-    "Buy cheap watches online with free shipping to your door.",
-    "Click here to claim your free prize and win big today.",
-    "Best prices on the internet for all of your favorite products.",
-    "Call now to get the lowest rates on car insurance in your area.",
-    "Download the latest movies and music for free with no registration.",
-)
-_JUNK_SHORT = (
-    "Thanks for visiting our page, see you again soon.",
-    "Page not found, please check the address and try again.",
-    "This page is intentionally left blank for now.",
-    "Click here to download the latest version of the app.",
-    "Sorry, this content is not available in your region.",
-    "Your session has expired, please sign in again.",
-    "The article you are looking for has been moved.",
-    "Loading the rest of the page, please wait a moment.",
-)
-_LOREM = (
-    "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut "
-    "labore et dolore magna aliqua."
-)
-_JUNK_LOREM_ENGLISH = (
-    "This page is a placeholder for the new product catalogue that we are preparing.",
-    "The final text will be written by the marketing team and reviewed by the editors.",
-    "Until then, the layout below shows how the paragraphs and images will look on the site.",
-    "Please do not link to this page, because the address will change when it goes live.",
-    "The designers have asked for feedback on the fonts, the colors and the spacing of the columns.",
-    "We expect to publish the finished version of the catalogue at the start of next month.",
-    "If you have any questions about the new design, talk to the web team in the main office.",
-    "The photos of the products will be replaced with the final pictures from the studio.",
-)
-_JUNK_LIST_ITEMS = (
-    "Fresh apples", "Organic bananas", "Whole milk", "Brown bread", "Free range eggs", "Cheddar cheese",
-    "Green tea", "Orange juice", "Chicken breast", "Brown rice", "Tomato sauce", "Olive oil",
-    "Frozen peas", "Greek yogurt", "Dark chocolate", "Paper towels", "Dish soap", "Laundry detergent",
-    "Garden hose", "Light bulbs", "Batteries", "Kitchen sponges", "Dog food", "Coffee beans",
-)  # fmt: skip
+_JUNK_BOILERPLATE = _strings("junk_boilerplate")
+_JUNK_SYMBOLS = _strings("junk_symbols")
+_JUNK_SPAM_WORDS = _strings("junk_spam_words")
+_JUNK_REPEATED = _strings("junk_repeated")
+_JUNK_SHORT = _strings("junk_short")
+_LOREM: str = _text()["lorem"]
+_JUNK_LOREM_ENGLISH = _strings("junk_lorem_english")
+_JUNK_LIST_ITEMS = _strings("junk_list_items")
 
 
 # --------------------------------------------------------------------------------------------------

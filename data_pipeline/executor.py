@@ -249,6 +249,7 @@ def _aggregate(cfg: PipelineConfig, units: list[InputUnit], chain: dict, final: 
         "num_in": num_in,
         "num_kept": num_kept,
         "num_rejected": num_rejected,
+        "stage_order": order,
         "stages": stages,
         "pii": dict(sorted(pii.items())),
         "examples": dict(sorted(examples.items())),

@@ -8,7 +8,9 @@ from collections import Counter
 
 import pytest
 
+from data_pipeline.cli import main as cli_main
 from data_pipeline.executor import run_pipeline
+from data_pipeline.groundtruth import score_run
 from tests.pipeline_helpers import load_truth, pipeline_config, read_outputs, shard_digests
 
 pytestmark = pytest.mark.slow
@@ -92,23 +94,67 @@ def test_pii_full_recall_and_no_false_positives(run):
     assert run["stats"]["pii"] == dict(sorted(expected_totals.items()))
 
 
-def test_toxicity_precision_recall(run):
-    truth, rejected = run["truth"], run["rejected"]
-    reached = [
-        t
-        for t in truth.values()
-        if t["id"] in run["kept"] or rejected[t["id"]]["stage"] in ("toxicity", "exact_dedup")
-    ]
-    predicted = {t["id"] for t in reached if t["id"] in rejected and rejected[t["id"]]["stage"] == "toxicity"}
-    actual = {t["id"] for t in reached if t["category"] == "toxic"}
-    tp = len(predicted & actual)
-    precision, recall = tp / max(1, len(predicted)), tp / max(1, len(actual))
-    print(
-        f"toxicity on the planted set: precision={precision:.3f} recall={recall:.3f} "
-        f"({len(actual)} toxic, {len(reached) - len(actual)} clean)"
+def test_ground_truth_score_toxicity_precision_recall(run, tiny_corpus, capsys):
+    score = score_run(tiny_corpus, run["out"])
+    assert score["num_met"] == score["num_docs"] == len(run["truth"]), score["wrong"][:5]
+    tox = score["toxicity"]
+    print(f"toxicity on the planted set: precision={tox['precision']:.3f} recall={tox['recall']:.3f}")
+    assert tox["num_toxic"] == 30 and tox["precision"] == 1.0 and tox["recall"] == 1.0
+    assert score["pii"]["recall"] == 1.0 and score["pii"]["false_positive_docs"] == 0
+    assert cli_main(["score", "--corpus", str(tiny_corpus), "--run", str(run["out"])]) == 0
+    assert f"ground truth: {len(run['truth'])}/{len(run['truth'])} documents" in capsys.readouterr().out
+
+
+def test_single_stage_commands_chain_over_stage_dirs(run, tiny_corpus, tmp_path, capsys):
+    """`normalize` on raw input, then `quality` over its stage directory: ids and metadata carry over."""
+    norm, qual = tmp_path / "norm", tmp_path / "qual"
+    raw = str(tiny_corpus / "raw")
+    assert cli_main(["normalize", "--input", raw, "--output", str(norm), "progress=false"]) == 0
+    stats = json.loads((norm / "stats.json").read_text())
+    assert stats["stage_order"] == ["read", "normalize"]
+    assert stats["stages"]["normalize"]["reasons"] == {"empty": 5, "too_long": 2}
+    assert cli_main(["quality", "--input", str(norm), "--output", str(qual), "progress=false"]) == 0
+    qstats = json.loads((qual / "stats.json").read_text())
+    assert qstats["stage_order"] == ["read", "quality"]
+    assert qstats["num_in"] == stats["num_kept"]
+    kept, rejected = read_outputs(qual)
+    norm_kept, _ = read_outputs(norm)
+    assert set(kept) | set(rejected) == set(norm_kept)
+    for t in run["truth"].values():
+        stage = t["expect"] if t["expect"] == "kept" else t["expect"]["stage"]
+        if stage == "quality":
+            assert (rejected[t["id"]]["stage"], rejected[t["id"]]["reason"]) == (
+                "quality",
+                t["expect"]["reason"],
+            )
+        elif stage in ("kept", "toxicity", "exact_dedup"):
+            assert t["id"] in kept, (t["id"], rejected[t["id"]]["reason"])
+            meta = kept[t["id"]]["metadata"]
+            assert all(meta[k] == v for k, v in norm_kept[t["id"]]["metadata"].items())
+
+
+def test_dry_run_prints_config_and_plan(tiny_corpus, capsys):
+    assert (
+        cli_main(
+            [
+                "run",
+                "--config",
+                "configs/data_tiny.yaml",
+                f"input.paths=[{tiny_corpus / 'raw'}]",
+                "quality.c4.enabled=false",
+                "--dry-run",
+            ]
+        )
+        == 0
     )
-    assert len(actual) >= 20
-    assert precision == 1.0 and recall == 1.0
+    out = capsys.readouterr().out
+    assert "c4:\n    enabled: false" in out
+    assert (
+        "# 11 input units; stages: read -> normalize -> language -> quality -> pii -> toxicity -> exact_dedup"
+        in out
+    )
+    assert cli_main(["run", "language.min_score=7", "--dry-run"]) == 2
+    assert "language.min_score=7" in capsys.readouterr().err
 
 
 def test_mojibake_repaired(run):

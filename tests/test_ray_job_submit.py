@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -36,7 +37,7 @@ def _wait_port(port: int, timeout_s: float) -> None:
 
 def test_ray_job_submit_runs_pipeline(small_corpus, tmp_path):
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    gcs, dash, client = _free_port(), _free_port(), _free_port()
+    gcs, dash, client, agent, agent_grpc, env_agent, metrics = (_free_port() for _ in range(7))
     # Loopback only; token auth off because this head is reachable from this machine only.
     env = os.environ | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
@@ -44,32 +45,30 @@ def test_ray_job_submit_runs_pipeline(small_corpus, tmp_path):
     temp_dir = tempfile.mkdtemp(prefix="rayjob", dir="/tmp")
     # --block keeps every Ray process of this head in one process group we can kill afterwards,
     # without `ray stop` (which would also stop the test session's own Ray).
+    ports = {
+        "--port": gcs,
+        "--dashboard-port": dash,
+        "--ray-client-server-port": client,
+        # The agents' fixed default ports would collide with the test session's own Ray.
+        "--dashboard-agent-listen-port": agent,
+        "--dashboard-agent-grpc-port": agent_grpc,
+        "--runtime-env-agent-port": env_agent,
+        "--metrics-export-port": metrics,
+    }
+    args = [
+        ray_bin,
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--dashboard-host",
+        "127.0.0.1",
+    ]
+    args += [str(x) for kv in ports.items() for x in kv]
+    args += ["--num-cpus", "2", "--disable-usage-stats", "--temp-dir", temp_dir]
     head = subprocess.Popen(
-        [
-            ray_bin,
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address",
-            "127.0.0.1",
-            "--port",
-            str(gcs),
-            "--dashboard-host",
-            "127.0.0.1",
-            "--dashboard-port",
-            str(dash),
-            "--ray-client-server-port",
-            str(client),
-            "--num-cpus",
-            "2",
-            "--disable-usage-stats",
-            "--temp-dir",
-            temp_dir,
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
         _wait_port(dash, 90)
@@ -93,12 +92,18 @@ def test_ray_job_submit_runs_pipeline(small_corpus, tmp_path):
             f"output_dir={out}",
             "progress=false",
         ]
-        for _ in range(30):  # the dashboard listens before the head's job agent is ready
+        for _ in range(60):  # the dashboard listens before the head's job agent is ready
             res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
             if "No available agent" not in res.stderr:
                 break
             time.sleep(2)
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        logs = Path(temp_dir) / "session_latest" / "logs"
+        agent_log = (
+            (logs / "dashboard_agent.log").read_text()[-3000:]
+            if (logs / "dashboard_agent.log").exists()
+            else ""
+        )
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + agent_log
         assert "succeeded" in res.stdout + res.stderr
         kept, rejected = read_outputs(out)
         truth = (small_corpus / "truth.jsonl").read_text().count("\n")
