@@ -41,7 +41,11 @@ def _met(t: dict, kept: dict, rejected: dict) -> bool:
     if t["expect"] == "kept":
         return t["id"] in kept
     r = rejected.get(t["id"])
-    return r is not None and r["stage"] == t["expect"]["stage"] and t["expect"].get("reason") in (None, r["reason"])
+    return (
+        r is not None
+        and r["stage"] == t["expect"]["stage"]
+        and t["expect"].get("reason") in (None, r["reason"])
+    )
 
 
 def score_run(corpus_dir: str | Path, run_dir: str | Path) -> dict[str, Any]:
@@ -55,8 +59,14 @@ def score_run(corpus_dir: str | Path, run_dir: str | Path) -> dict[str, Any]:
         per_cat[t["category"]]["met"] += ok
         if not ok:
             r = rejected.get(t["id"])
-            wrong.append({"id": t["id"], "category": t["category"], "expect": t["expect"],
-                          "got": "kept" if t["id"] in kept else (f"{r['stage']}/{r['reason']}" if r else "missing")})
+            wrong.append(
+                {
+                    "id": t["id"],
+                    "category": t["category"],
+                    "expect": t["expect"],
+                    "got": "kept" if t["id"] in kept else (f"{r['stage']}/{r['reason']}" if r else "missing"),
+                }
+            )
     # PII: every planted value gone from its kept doc, counts exact; no finds in other kept docs.
     pii_docs = [t for t in truth.values() if t["category"] == "pii" and t["id"] in kept]
     planted = sum(len(t["pii_values"]) for t in pii_docs)
@@ -66,20 +76,32 @@ def score_run(corpus_dir: str | Path, run_dir: str | Path) -> dict[str, Any]:
     negatives_kept = sum(s in kept[i]["text"] for i in kept for s in truth[i].get("hard_negatives", []))
     negatives = sum(len(truth[i].get("hard_negatives", [])) for i in kept)
     # Toxicity, over the documents that reached that stage.
-    reached = [t for t in truth.values() if t["id"] in kept
-               or rejected.get(t["id"], {}).get("stage") in ("toxicity", "exact_dedup")]
+    reached = [
+        t
+        for t in truth.values()
+        if t["id"] in kept or rejected.get(t["id"], {}).get("stage") in ("toxicity", "exact_dedup")
+    ]
     predicted = {t["id"] for t in reached if rejected.get(t["id"], {}).get("stage") == "toxicity"}
     actual = {t["id"] for t in reached if t["category"] == "toxic"}
     tp = len(predicted & actual)
     return {
-        "num_docs": len(truth), "num_met": sum(c["met"] for c in per_cat.values()),
+        "num_docs": len(truth),
+        "num_met": sum(c["met"] for c in per_cat.values()),
         "categories": {k: dict(v) for k, v in sorted(per_cat.items())},
-        "pii": {"planted_values": planted, "recall": removed / planted if planted else None,
-                "docs_with_exact_counts": counts_exact, "num_pii_docs": len(pii_docs),
-                "false_positive_docs": len(false_pos), "hard_negatives_kept": f"{negatives_kept}/{negatives}"},
-        "toxicity": {"num_toxic": len(actual), "num_flagged": len(predicted),
-                     "precision": tp / len(predicted) if predicted else None,
-                     "recall": tp / len(actual) if actual else None},
+        "pii": {
+            "planted_values": planted,
+            "recall": removed / planted if planted else None,
+            "docs_with_exact_counts": counts_exact,
+            "num_pii_docs": len(pii_docs),
+            "false_positive_docs": len(false_pos),
+            "hard_negatives_kept": f"{negatives_kept}/{negatives}",
+        },
+        "toxicity": {
+            "num_toxic": len(actual),
+            "num_flagged": len(predicted),
+            "precision": tp / len(predicted) if predicted else None,
+            "recall": tp / len(actual) if actual else None,
+        },
         "wrong": wrong,
     }
 
@@ -88,7 +110,9 @@ def print_score(score: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"ground truth: {score['num_met']}/{score['num_docs']} documents met their expected fate")
+    table = Table(
+        title=f"ground truth: {score['num_met']}/{score['num_docs']} documents met their expected fate"
+    )
     for col in ("category", "docs", "met"):
         table.add_column(col, justify="left" if col == "category" else "right")
     for cat, c in score["categories"].items():
@@ -96,9 +120,13 @@ def print_score(score: dict[str, Any]) -> None:
     console = Console()
     console.print(table)
     p, t = score["pii"], score["toxicity"]
-    console.print(f"PII: recall {p['recall'] or 0:.3f} over {p['planted_values']} planted values, "
-                  f"{p['false_positive_docs']} false-positive docs, hard negatives kept {p['hard_negatives_kept']}")
-    console.print(f"toxicity: precision {t['precision'] or 0:.3f}, recall {t['recall'] or 0:.3f} "
-                  f"({t['num_flagged']} flagged, {t['num_toxic']} toxic)")
+    console.print(
+        f"PII: recall {p['recall'] or 0:.3f} over {p['planted_values']} planted values, "
+        f"{p['false_positive_docs']} false-positive docs, hard negatives kept {p['hard_negatives_kept']}"
+    )
+    console.print(
+        f"toxicity: precision {t['precision'] or 0:.3f}, recall {t['recall'] or 0:.3f} "
+        f"({t['num_flagged']} flagged, {t['num_toxic']} toxic)"
+    )
     for w in score["wrong"][:10]:
         console.print(f"  wrong: {w}")
