@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
 from data_pipeline.config import ALL_STAGES, STAGE_ORDER, load_pipeline_config
-from pretrain.config import ConfigError, dump_yaml
+from pretrain.config import dump_yaml
 
 STAGE_COMMANDS = {s.replace("_", "-"): s for s in ALL_STAGES}
 
@@ -104,12 +103,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m data_pipeline") -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from pretrain.cli import dispatch
+
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     add_subcommands(parser.add_subparsers(dest="cmd", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    return dispatch(parser, argv)

@@ -35,16 +35,18 @@ class PipelineError(RuntimeError):
 
 
 def ensure_ray(cfg: PipelineConfig) -> None:
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        # Local Ray stays on loopback (Ray otherwise advertises the external interface). Ray reads
+        # this when it is first imported, so it is set before the import.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if ray.is_initialized():
         return
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    # Local Ray stays on loopback (Ray otherwise advertises the external interface).
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     env_vars = {k: v for k, v in os.environ.items() if k.startswith("DATA_PIPELINE_")}
     ray.init(
         address="local",

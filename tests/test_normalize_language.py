@@ -80,3 +80,31 @@ def test_language_fasttext_needs_local_model(tmp_path):
         LanguageConfig(backend="fasttext")
     with pytest.raises(FileNotFoundError, match="nope.bin"):
         LanguageConfig(backend="fasttext", model_path=str(tmp_path / "nope.bin")).build()
+
+
+def test_language_fasttext_backend_with_a_local_model(tmp_path):
+    """The fastText path with a real (tiny, trained here) model file: no download involved."""
+    fasttext = pytest.importorskip("fasttext")
+    train = tmp_path / "train.txt"
+    en = [
+        EN,
+        "The function returns a new list with every element of the input sorted.",
+        "Open the file in binary mode and read it one block at a time.",
+    ]
+    fr = [
+        FR,
+        "La fonction renvoie une nouvelle liste avec chaque élément trié.",
+        "Ouvrez le fichier en mode binaire et lisez-le un bloc à la fois.",
+    ]
+    lines = [f"__label__en {t}" for t in en] + [f"__label__fr {t}" for t in fr]
+    train.write_text("\n".join(lines * 30) + "\n")
+    model = fasttext.train_supervised(
+        str(train), epoch=25, lr=0.5, minn=2, maxn=4, thread=1, seed=0, verbose=0
+    )
+    path = tmp_path / "lid.bin"
+    model.save_model(str(path))
+    stage = LanguageConfig(backend="fasttext", model_path=str(path), languages=["en"], min_score=0.5).build()
+    kept = stage.process(_doc("Read the whole file and return the list of lines in it."))
+    assert isinstance(kept, Doc) and kept.metadata["language"] == "en"
+    res = stage.process(_doc("Lisez le fichier entier et renvoyez la liste de ses lignes."))
+    assert isinstance(res, Reject) and res.reason == "wrong_language" and res.detail.startswith("fr")
