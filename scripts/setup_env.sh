@@ -10,7 +10,9 @@ STAMP=.venv/.setup-stamp
 WANT=$(cat pyproject.toml scripts/setup_env.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
   echo "setup: installing into .venv (first run takes about 2 minutes)"
-  .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q "${TORCH_SPEC:-torch==2.13.0}"
-  .venv/bin/pip install -q -e ".[all]"
+  # (the grep drops pip's notices about local index folders absent on this machine)
+  quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+  .venv/bin/python -c "import torch" 2>/dev/null || quiet .venv/bin/pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+  quiet .venv/bin/pip install -q -e ".[all]"
   echo "$WANT" > "$STAMP"
 fi
