@@ -32,6 +32,15 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-base-docs", type=int, default=600)
     p.set_defaults(func=cmd_corpus)
 
+    p = sub.add_parser("minhash", help="MinHash near-duplicate removal over a stage directory")
+    p.add_argument("--input", required=True, help="stage directory with shards/ (e.g. runs/data)")
+    p.add_argument("--output", required=True, help="output stage directory")
+    p.add_argument("--config", help="YAML with minhash:/ray: sections")
+    p.add_argument("overrides", nargs="*", help="e.g. minhash.threshold=0.7 minhash.num_perm=256")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and the S-curve")
+    p.add_argument("--restart", action="store_true", help="delete the output directory first")
+    p.set_defaults(func=cmd_minhash)
+
     p = sub.add_parser("score", help="score a run against the generated corpus's ground truth")
     p.add_argument("--corpus", required=True, help="folder written by generate-corpus")
     p.add_argument("--run", required=True, help="the run's output_dir")
@@ -78,6 +87,39 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     print(
         f"{stats['num_in']} in = {stats['num_kept']} kept + {stats['num_rejected']} rejected; "
+        f"output: {cfg.output_dir}"
+    )
+    return 0
+
+
+def cmd_minhash(args: argparse.Namespace) -> int:
+    from data_pipeline.minhash.dedup import load_minhash_config
+
+    cfg = load_minhash_config(
+        args.config, [f"input_dir={args.input}", f"output_dir={args.output}", *args.overrides]
+    )
+    if args.dry_run:
+        from data_pipeline.minhash.lsh import format_s_curve
+
+        print(dump_yaml(cfg), end="")
+        bands, rows = cfg.minhash.bands_rows()
+        mh = cfg.minhash
+        print(format_s_curve(bands, rows, mh.num_perm, mh.verify_threshold if mh.verify else None))
+        return 0
+    from data_pipeline.executor import PipelineError, clean_output
+    from data_pipeline.minhash.dedup import run_minhash_dedup
+
+    if args.restart:
+        clean_output(cfg.output_dir)
+    try:
+        stats = run_minhash_dedup(cfg)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    m = stats["minhash"]
+    print(
+        f"{stats['num_in']} in = {stats['num_kept']} kept + {stats['num_rejected']} near duplicates; "
+        f"{m['num_clusters']} clusters, {m['num_candidates']} candidate pairs, {m['num_verified_edges']} verified; "
         f"output: {cfg.output_dir}"
     )
     return 0

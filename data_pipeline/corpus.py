@@ -37,6 +37,8 @@ from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
+# The truth's `jaccard` uses exactly the shingles MinHash dedup uses; re-exported for the tests.
+from data_pipeline.minhash.shingles import jaccard, word_shingles
 from data_pipeline.stages.quality import stage_reason
 
 log = logging.getLogger(__name__)
@@ -79,27 +81,6 @@ KEPT = "kept"
 
 def _expect(stage: str, reason: str) -> dict[str, str]:
     return {"stage": stage, "reason": reason}
-
-
-# --------------------------------------------------------------------------------------------------
-# Similarity helpers (shared with the tests; the truth's `jaccard` uses exactly these).
-
-_NON_WORD = re.compile(r"[^\w\s]")
-
-
-def word_shingles(text: str, n: int = 5) -> set[str]:
-    """Word n-grams of `text`: lowercased, punctuation removed, split on whitespace."""
-    words = _NON_WORD.sub("", text.lower()).split()
-    if len(words) < n:
-        return {" ".join(words)} if words else set()
-    return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
-
-
-def jaccard(a: set[str], b: set[str]) -> float:
-    """|a & b| / |a | b|; two empty sets count as identical."""
-    if not a and not b:
-        return 1.0
-    return len(a & b) / len(a | b)
 
 
 # --------------------------------------------------------------------------------------------------

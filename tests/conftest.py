@@ -47,3 +47,16 @@ def small_corpus(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("small_corpus")
     generate_corpus(out, seed=1, num_base_docs=300)
     return out
+
+
+@pytest.fixture(scope="session")
+def data_run(tiny_corpus, ray_local, tmp_path_factory) -> dict:
+    """The whole data pipeline once over the tiny corpus, read back by document id."""
+    from data_pipeline.executor import run_pipeline
+    from data_pipeline.groundtruth import load_truth, read_outputs
+    from tests.pipeline_helpers import pipeline_config
+
+    out = tmp_path_factory.mktemp("data_run")
+    stats = run_pipeline(pipeline_config(tiny_corpus, out))
+    kept, rejected = read_outputs(out)
+    return {"out": out, "stats": stats, "kept": kept, "rejected": rejected, "truth": load_truth(tiny_corpus)}

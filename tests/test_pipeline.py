@@ -11,17 +11,14 @@ import pytest
 from data_pipeline.cli import main as cli_main
 from data_pipeline.executor import run_pipeline
 from data_pipeline.groundtruth import score_run
-from tests.pipeline_helpers import load_truth, pipeline_config, read_outputs, shard_digests
+from tests.pipeline_helpers import pipeline_config, read_outputs, shard_digests
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def run(tiny_corpus, ray_local, tmp_path_factory):
-    out = tmp_path_factory.mktemp("data_run")
-    stats = run_pipeline(pipeline_config(tiny_corpus, out))
-    kept, rejected = read_outputs(out)
-    return {"out": out, "stats": stats, "kept": kept, "rejected": rejected, "truth": load_truth(tiny_corpus)}
+def run(data_run):
+    return data_run
 
 
 def test_every_document_accounted_for(run):

@@ -1,0 +1,1 @@
+"""MinHash near-duplicate removal: signatures, LSH banding, connected components, survivor choice."""
