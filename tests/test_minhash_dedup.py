@@ -138,3 +138,52 @@ def test_documents_without_shingles_are_never_clustered(tmp_path, ray_local):
         load_minhash_config(None, [f"input_dir={inp}", f"output_dir={tmp_path / 'o'}", "progress=false"])
     )
     assert stats["num_kept"] == 4 and stats["minhash"]["num_candidates"] == 0
+
+
+@pytest.mark.parametrize("kill_after", ["sig", "cand"])
+def test_killed_driver_resumes_to_identical_clusters(data_run, dedup, tmp_path, kill_after):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.pipeline_helpers import REPO
+
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "data_pipeline",
+        "minhash",
+        "--input",
+        str(data_run["out"]),
+        "--output",
+        str(out),
+        "progress=false",
+        "ray.max_in_flight=1",
+    ]
+    env = os.environ | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if list((out / "_work" / "minhash" / kill_after).glob("*.done.json")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p: p.stat().st_mtime_ns for p in (out / "_work").rglob("*.done.json")}
+    res = subprocess.run(cmd[:-1], env=env, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert finished and all(p.stat().st_mtime_ns == t for p, t in finished.items()), (
+        "finished tasks were redone"
+    )
+    kept, rejected = read_outputs(out)
+    assert kept.keys() == dedup["kept"].keys()
+    assert {k: r["detail"] for k, r in rejected.items()} == {
+        k: r["detail"] for k, r in dedup["rejected"].items()
+    }

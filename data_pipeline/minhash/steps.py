@@ -61,7 +61,9 @@ def _done(out: Path, done_path: Path, record: dict, *paths: Path) -> dict:
 
 
 def _quality_score(meta_json: str, field: str) -> float:
-    value = json.loads(meta_json).get(field) if field else None
+    if not field or f'"{field}"' not in meta_json:  # skip the JSON parse for docs without a score
+        return 0.0
+    value = json.loads(meta_json).get(field)
     return float(value) if isinstance(value, (int, float)) else 0.0
 
 
