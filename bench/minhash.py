@@ -1,7 +1,8 @@
 """MinHash benchmark: signature throughput (docs/s on one core, shingling included) of ours vs
-datasketch's plain per-document `MinHash.update` loop and vs datatrove's `MinhashDedupSignature`.
+datasketch's plain per-document `MinHash.update` loop and vs datatrove's `MinhashDedupSignature`,
+then the whole dedup stage end to end at 10k, 100k and 1M short documents.
 
-    .venv/bin/python bench/minhash.py [--docs 10000] [--seed 0]
+    .venv/bin/python bench/minhash.py [--docs 10000] [--seed 0] [--sizes 10000,100000,1000000 | --quick]
 
 Documents: ~1.7 KB each, 2-3 base documents of the tiny corpus (Python's own docstrings) joined.
 Every contender gets the same documents and a short warm-up, then one timed pass in this process:
@@ -13,16 +14,28 @@ Every contender gets the same documents and a short warm-up, then one timed pass
   - ours: `MinHasher(num_perm=128).signatures(texts)`, the whole list at once.
 All are single-threaded: `*_docs_per_s` is documents per CPU-second (the one-core rate, robust to
 other load on a shared machine); `*_docs_per_wall_s` is beside it.
-Last line: one JSON object with docs/s of each, "ratio_vs_datasketch" and "ratio_vs_datatrove".
+
+End to end: per size, short documents (4-7 random sentences of the tiny corpus, ~70 words, 5% planted
+exact or one-word-deleted copies) in 16 Parquet shards; `run_minhash_dedup` runs in a fresh
+subprocess with its own local Ray (2 CPUs, loopback), timed after Ray has started. The parent polls
+(/proc) the summed RSS of that process and all its descendants (driver, GCS, raylet, workers) every 0.2 s:
+peak RSS counts shared pages (the object store) once per process, so it is an upper bound.
+`scaling_10x` = max time ratio over consecutive sizes 10x apart (target <= 12).
+Last line: one JSON object with every figure, "ratio_vs_datasketch", "ratio_vs_datatrove",
+"scaling_10x" and "peak_rss_gib_1m", and the targets.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +46,25 @@ NUM_PERM = 128
 TARGET_RATIO_VS_DATASKETCH = 5.0
 TARGET_RATIO_VS_DATATROVE = 2.0
 NUM_WARMUP_DOCS = 50
+E2E_SIZES = (10_000, 100_000, 1_000_000)
+QUICK_SIZES = (10_000, 100_000)
+TARGET_SCALING_10X = 12.0
+E2E_SHARDS = 16
+E2E_NUM_CPUS = 2
+DUP_FRACTION = 0.05  # planted copies: half exact, half with one word deleted
+RSS_POLL_S = 0.2
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+# Phases of the stage in order, with the done records that close each (their latest mtime marks
+# the end of the phase): a per-step wall-clock breakdown without touching the stage.
+PHASE_RECORDS = {
+    "signatures": "sig/*.done.json",
+    "candidates": "cand/*.done.json",
+    "verify": "edges/*.done.json",
+    "components": "cc-*/**/done.json",
+    "members": "members/*.done.json",
+    "survivors": "removed/*.done.json",
+    "finalize": "final/*.done.json",
+}
 
 
 def build_docs(num_docs: int, seed: int) -> list[str]:
@@ -125,11 +157,221 @@ def measure_signatures(docs: list[str]) -> dict[str, float]:
     return results
 
 
+def sentence_pool() -> list[str]:
+    """Distinct English sentences of 6-30 words from the tiny corpus (Python's own prose)."""
+    from data_pipeline.corpus import _base_candidates
+
+    pool = set()
+    for _, text in _base_candidates():
+        for s in re.split(r"(?<=[.!?])\s+", text):
+            if 6 <= len(s.split()) <= 30:
+                pool.add(s.strip())
+    return sorted(pool)
+
+
+def short_docs(num_docs: int, seed: int, pool: list[str]) -> list[str]:
+    """`num_docs` texts of 4-7 random pool sentences (~70 words, ~430 bytes); the last
+    DUP_FRACTION of them are copies of earlier documents, half exact and half with one word
+    deleted (J about 0.9), so the near-duplicate graph is not empty."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    num_dups = int(num_docs * DUP_FRACTION)
+    num_base = num_docs - num_dups
+    lengths = rng.integers(4, 8, size=num_base)
+    picks = rng.integers(0, len(pool), size=int(lengths.sum())).tolist()
+    ends = np.cumsum(lengths).tolist()
+    docs, start = [], 0
+    for end in ends:
+        docs.append(" ".join([pool[i] for i in picks[start:end]]))
+        start = end
+    sources = rng.integers(0, num_base, size=num_dups).tolist()
+    cut = rng.random(num_dups).tolist()
+    for k, (src, c) in enumerate(zip(sources, cut)):
+        if k % 2 == 0:
+            docs.append(docs[src])
+        else:
+            words = docs[src].split()
+            del words[int(c * len(words))]
+            docs.append(" ".join(words))
+    return docs
+
+
+def write_stage_dir(path: Path, docs: list[str], num_shards: int) -> None:
+    """A finished stage directory (shards/*.parquet in DOC_SCHEMA + manifest.json) holding `docs`."""
+    import pyarrow as pa
+
+    from pretrain.shards import DOC_SCHEMA, write_manifest, write_table
+
+    entries = []
+    per_shard = -(-len(docs) // num_shards)
+    for s in range(num_shards):
+        lo, hi = s * per_shard, min(len(docs), (s + 1) * per_shard)
+        n = hi - lo
+        table = pa.table(
+            {
+                "id": [f"d{i:08d}" for i in range(lo, hi)],
+                "text": docs[lo:hi],
+                "source": ["bench"] * n,
+                "url": pa.nulls(n, pa.string()),
+                "metadata": ["{}"] * n,
+            },
+            schema=DOC_SCHEMA,
+        )
+        entries.append(write_table(path / "shards" / f"part-{s:05d}.parquet", table))
+    write_manifest(path, shards=entries)
+
+
+def run_child(input_dir: str, output_dir: str) -> None:
+    """In the subprocess: start local Ray, then time `run_minhash_dedup` alone; print one JSON line."""
+    t0 = time.perf_counter()
+    from data_pipeline.executor import ensure_ray
+    from data_pipeline.minhash.dedup import load_minhash_config, run_minhash_dedup
+
+    cfg = load_minhash_config(
+        None,
+        [
+            f"input_dir={input_dir}",
+            f"output_dir={output_dir}",
+            "progress=false",
+            f"ray.num_cpus={E2E_NUM_CPUS}",
+        ],
+    )
+    ensure_ray(cfg)
+    ray_start_s = time.perf_counter() - t0
+    wall0, t1 = time.time(), time.perf_counter()
+    stats = run_minhash_dedup(cfg)
+    dedup_s = time.perf_counter() - t1
+    work = Path(output_dir) / "_work" / "minhash"
+    phases, prev = {}, wall0
+    for name, pattern in PHASE_RECORDS.items():
+        mtimes = [p.stat().st_mtime for p in work.glob(pattern)]
+        end = max(mtimes, default=prev)
+        phases[name] = round(end - prev, 2)
+        prev = end
+    phases["summary"] = round(wall0 + dedup_s - prev, 2)
+    m = stats["minhash"]
+    print(
+        json.dumps(
+            {
+                "ray_start_s": round(ray_start_s, 2),
+                "dedup_s": round(dedup_s, 2),
+                "num_in": stats["num_in"],
+                "num_rejected": stats["num_rejected"],
+                "num_candidates": m["num_candidates"],
+                "num_verified_edges": m["num_verified_edges"],
+                "components_method": m["components_method"],
+                "phase_s": phases,
+            }
+        )
+    )
+
+
+def tree_rss(root: int) -> int:
+    """RSS bytes of process `root` and all its descendants, from /proc (psutil is not installed);
+    processes that vanish mid-poll count 0."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE_BYTES
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def run_size(num_docs: int, seed: int, pool: list[str], tmp: Path) -> dict:
+    """Generate `num_docs` short documents, dedup them in a fresh subprocess with its own local Ray,
+    polling the process tree's summed RSS; returns times, docs/s and peak RSS."""
+    t0 = time.perf_counter()
+    docs = short_docs(num_docs, seed, pool)
+    gen_s = time.perf_counter() - t0
+    avg_bytes = sum(len(t) for t in docs[:10_000]) / min(len(docs), 10_000)
+    inp, out = tmp / f"in-{num_docs}", tmp / f"out-{num_docs}"
+    write_stage_dir(inp, docs, E2E_SHARDS)
+    del docs
+    write_s = time.perf_counter() - t0 - gen_s
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    cmd = [sys.executable, __file__, "--child", str(inp), str(out)]
+    wall0 = time.perf_counter()
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    peak = 0
+    while child.poll() is None:
+        peak = max(peak, tree_rss(child.pid))
+        time.sleep(RSS_POLL_S)
+    stdout = child.stdout.read()
+    if child.returncode:
+        raise RuntimeError(f"dedup of {num_docs} documents failed (exit {child.returncode})")
+    res = json.loads(stdout.strip().splitlines()[-1])
+    shutil.rmtree(inp, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    return {
+        "num_docs": num_docs,
+        "avg_doc_bytes": round(avg_bytes),
+        "generate_s": round(gen_s, 2),
+        "write_s": round(write_s, 2),
+        "subprocess_s": round(time.perf_counter() - wall0, 2),
+        **res,
+        "docs_per_s": round(num_docs / res["dedup_s"], 1),
+        "peak_rss_gib": round(peak / 2**30, 3),
+    }
+
+
+def measure_e2e(sizes: list[int], seed: int) -> dict:
+    """End-to-end dedup time, docs/s and peak RSS per size, and the 10x scaling ratios."""
+    pool = sentence_pool()
+    print(f"end to end: {len(pool)} pool sentences, sizes {sizes}")
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="bench-minhash-e2e-") as tmp:
+        for n in sizes:
+            runs.append(run_size(n, seed, pool, Path(tmp)))
+            print(f"  {json.dumps(runs[-1])}")
+    results: dict = {"e2e": runs}
+    by_size = {r["num_docs"]: r for r in runs}
+    for r in runs:
+        results[f"dedup_s_{r['num_docs']}"] = r["dedup_s"]
+        results[f"dedup_docs_per_s_{r['num_docs']}"] = r["docs_per_s"]
+        results[f"peak_rss_gib_{r['num_docs']}"] = r["peak_rss_gib"]
+    ratios = {
+        f"scaling_{n}_to_{10 * n}": round(by_size[10 * n]["dedup_s"] / by_size[n]["dedup_s"], 2)
+        for n in sorted(by_size)
+        if 10 * n in by_size
+    }
+    results.update(ratios)
+    results["scaling_10x"] = max(ratios.values()) if ratios else None
+    results["peak_rss_gib_1m"] = by_size[1_000_000]["peak_rss_gib"] if 1_000_000 in by_size else None
+    results["target_scaling_10x"] = TARGET_SCALING_10X
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=10_000, help="documents for the signature benchmark")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--sizes",
+        default=",".join(map(str, E2E_SIZES)),
+        help="comma-separated document counts for the end-to-end runs",
+    )
+    parser.add_argument("--quick", action="store_true", help="end to end at 10k and 100k only")
+    parser.add_argument("--child", nargs=2, metavar=("INPUT", "OUTPUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        run_child(*args.child)
+        return {}
+    sizes = list(QUICK_SIZES) if args.quick else [int(x) for x in args.sizes.split(",") if x]
+    t_bench = time.perf_counter()
 
     from data_pipeline.minhash.lsh import DEFAULT_VERIFY_THRESHOLD, choose_bands_rows, format_s_curve
     from data_pipeline.minhash.signatures import MinHasher
@@ -149,6 +391,8 @@ def main(argv: list[str] | None = None) -> dict:
     for key, value in signatures.items():
         print(f"  {key}: {value}")
     results.update(signatures)
+    results.update(measure_e2e(sizes, args.seed))
+    results["bench_s"] = round(time.perf_counter() - t_bench, 1)
     print(json.dumps(results))
     return results
 
