@@ -228,6 +228,47 @@ def dedup_partition(p: int, unit_names: list[str], out_dir: str, fingerprint: st
     return record
 
 
+def filter_shard(
+    src: Path,
+    shard_path: Path,
+    reject_path: Path,
+    stage: str,
+    drop: dict[int, tuple[Reject, dict]],
+    tally: _Tally,
+    batch_rows: int,
+    key_column: str | None = None,
+) -> tuple[dict, dict, int]:
+    """Copy the document shard `src` to `shard_path` minus the rows in `drop` (keyed by `key_column`,
+    or by row number when None), which go to `reject_path` as rejects of `stage` with their Reject
+    and metadata additions. Returns (shard entry, reject entry, rows read)."""
+    shard_w = ShardWriter(shard_path, DOC_SCHEMA)
+    rej_w = ShardWriter(reject_path, REJECT_SCHEMA)
+    num_in = 0
+    try:
+        for batch in pq.ParquetFile(src).iter_batches(batch_size=batch_rows):
+            table = pa.Table.from_batches([batch])
+            keys = (
+                table.column(key_column).to_pylist() if key_column else range(num_in, num_in + table.num_rows)
+            )
+            is_gone = np.fromiter((k in drop for k in keys), dtype=bool, count=table.num_rows)
+            kept = table.filter(pa.array(~is_gone))
+            shard_w.write_table(kept.drop_columns([key_column]) if key_column else kept)
+            rej_rows = []
+            for i in np.flatnonzero(is_gone):
+                row = table.slice(int(i), 1).to_pylist()[0]
+                rej, meta = drop[row[key_column] if key_column else num_in + int(i)]
+                doc = Doc.from_row(row)
+                doc.metadata.update(meta)
+                rej_rows.append(tally.reject(stage, doc, rej))
+            rej_w.write_rows(rej_rows)
+            num_in += table.num_rows
+        return shard_w.close(), rej_w.close(), num_in
+    except BaseException:
+        shard_w.abort()
+        rej_w.abort()
+        raise
+
+
 def finalize_shard(unit_name: str, cfg, out_dir: str, fingerprint: str) -> dict[str, Any]:
     """Write shards/<unit>.parquet: the chain output minus exact duplicates (rejected with survivor)."""
     t0 = time.perf_counter()
@@ -240,33 +281,17 @@ def finalize_shard(unit_name: str, cfg, out_dir: str, fingerprint: str) -> dict[
             )
             dup_of.update(zip(t.column("ord").to_pylist(), t.column("survivor_id").to_pylist()))
     tally = _Tally(cfg.num_example_rejects)
-    shard_w = ShardWriter(out / "shards" / f"{unit_name}.parquet", DOC_SCHEMA)
-    rej_w = ShardWriter(out / "rejects" / f"{unit_name}.exact_dedup.parquet", REJECT_SCHEMA)
-    num_in = 0
-    try:
-        pf = pq.ParquetFile(out / "_work" / "chain" / f"{unit_name}.parquet")
-        for batch in pf.iter_batches(batch_size=cfg.batch_rows):
-            table = pa.Table.from_batches([batch])
-            num_in += table.num_rows
-            if dup_of:
-                is_dup = np.array([o in dup_of for o in table.column("_ord").to_pylist()], dtype=bool)
-            else:
-                is_dup = np.zeros(table.num_rows, dtype=bool)
-            shard_w.write_table(table.filter(pa.array(~is_dup)).drop_columns(["_ord"]))
-            rej_rows = []
-            for i in np.nonzero(is_dup)[0]:
-                row = table.slice(int(i), 1).to_pylist()[0]
-                doc = Doc.from_row(row)
-                survivor = dup_of[row["_ord"]]
-                doc.metadata["duplicate_of"] = survivor
-                rej_rows.append(tally.reject("exact_dedup", doc, Reject("exact_duplicate", survivor)))
-            rej_w.write_rows(rej_rows)
-        shard_entry = shard_w.close()
-        rej_entry = rej_w.close()
-    except BaseException:
-        shard_w.abort()
-        rej_w.abort()
-        raise
+    drop = {o: (Reject("exact_duplicate", sid), {"duplicate_of": sid}) for o, sid in dup_of.items()}
+    shard_entry, rej_entry, num_in = filter_shard(
+        out / "_work" / "chain" / f"{unit_name}.parquet",
+        out / "shards" / f"{unit_name}.parquet",
+        out / "rejects" / f"{unit_name}.exact_dedup.parquet",
+        "exact_dedup",
+        drop,
+        tally,
+        cfg.batch_rows,
+        key_column="_ord",
+    )
     if cfg.exact_dedup.enabled:
         tally.stage_in["exact_dedup"] = num_in
     record = {
@@ -277,7 +302,9 @@ def finalize_shard(unit_name: str, cfg, out_dir: str, fingerprint: str) -> dict[
         "shard": shard_entry,
         "rejects": rej_entry,
         "seconds": round(time.perf_counter() - t0, 3),
-        "outputs": _outputs(out, shard_w.path, rej_w.path),
+        "outputs": _outputs(
+            out, out / "shards" / f"{unit_name}.parquet", out / "rejects" / f"{unit_name}.exact_dedup.parquet"
+        ),
         **tally.as_dict(),
     }
     write_json(out / "_work" / "final" / f"{unit_name}.done.json", record)

@@ -158,12 +158,12 @@ def run_minhash_dedup(cfg: MinHashRunConfig) -> dict[str, Any]:
             for i, (n, s) in enumerate(zip(names, shards))
         ],
     )
-    fp = config_hash([sig_fp[n] for n in names])
+    fp = config_hash([steps.LAYOUT_VERSION, *(sig_fp[n] for n in names)])
     P = mh.num_partitions
     cand = phase(
         "candidates",
         steps.candidate_partition,
-        [(str(p), work / "cand" / f"p={p:05d}.done.json", fp, (p, names, str(out), fp)) for p in range(P)],
+        [(str(p), work / "cand" / f"p={p:05d}.done.json", fp, (p, names, P, str(out), fp)) for p in range(P)],
     )
     sig_files = [str(work / "sig" / f"{n}.npy") for n in names]
     vfp = config_hash([fp, mh.verify, mh.verify_threshold])
@@ -264,7 +264,8 @@ def run_minhash_dedup(cfg: MinHashRunConfig) -> dict[str, Any]:
             "rows": rows,
             "threshold": mh.threshold,
             "verify_threshold": mh.verify_threshold if mh.verify else None,
-            "num_candidates": sum(r["num_candidates"] for r in cand.values()),
+            "num_band_pairs": sum(r["num_pairs_emitted"] for r in cand.values()),
+            "num_candidates": sum(r["num_candidates"] for r in ver.values()),
             "num_verified_edges": sum(r["num_edges"] for r in ver.values()),
             "num_dropped_by_verification": sum(r["num_dropped"] for r in ver.values()),
             "components_method": cc.get("method"),

@@ -25,10 +25,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_pipeline.document import Doc, Reject
+from data_pipeline.document import Reject
 from data_pipeline.minhash.components import partition_of
-from pretrain.shards import DOC_SCHEMA, REJECT_SCHEMA, ShardWriter, write_json, write_table
+from pretrain.shards import write_json, write_table
 
+LAYOUT_VERSION = 2  # bump when a step's files change shape, so old _work records are not reused
 BAND_SCHEMA = pa.schema([("band", pa.int32()), ("key", pa.uint64()), ("node", pa.int64())])
 EDGE_SCHEMA = pa.schema([("src", pa.int64()), ("dst", pa.int64())])
 NODE_SCHEMA = pa.schema([("node", pa.int64()), ("id", pa.string()), ("score", pa.float64())])
@@ -121,7 +122,9 @@ def signature_shard(
     return _done(out, work / "sig" / f"{name}.done.json", record, sig_path, node_path, *band_paths)
 
 
-def candidate_partition(p: int, shard_names: list[str], out_dir: str, fingerprint: Any) -> dict:
+def candidate_partition(
+    p: int, shard_names: list[str], num_partitions: int, out_dir: str, fingerprint: Any
+) -> dict:
     out = Path(out_dir)
     work = out / "_work" / "minhash"
     tables = [pq.read_table(work / "bands" / f"p={p:05d}" / f"{n}.parquet") for n in shard_names]
@@ -145,16 +148,22 @@ def candidate_partition(p: int, shard_names: list[str], out_dir: str, fingerprin
         pairs = np.unique(np.stack([np.minimum(src, dst), np.maximum(src, dst)], axis=1), axis=0)
         pairs = pairs[pairs[:, 0] != pairs[:, 1]]
         src, dst = pairs[:, 0].copy(), pairs[:, 1].copy()
-    path = work / "cand" / f"p={p:05d}.parquet"
-    write_table(path, pa.table({"src": src, "dst": dst}, schema=EDGE_SCHEMA))
+    # The same pair usually turns up in several band partitions: route each pair to one verify
+    # partition by a hash of the pair itself, so it is verified (and counted) once.
+    target = partition_of(src * np.int64(0x9E3779B97F4A7C1) ^ dst, num_partitions)
+    paths = []
+    for q in range(num_partitions):
+        sel = target == q
+        paths.append(work / "cand" / f"q={q:05d}" / f"from-{p:05d}.parquet")
+        write_table(paths[-1], pa.table({"src": src[sel], "dst": dst[sel]}, schema=EDGE_SCHEMA))
     record = {
         "partition": p,
         "fingerprint": fingerprint,
         "num_band_rows": t.num_rows,
         "num_buckets_shared": num_buckets,
-        "num_candidates": int(len(src)),
+        "num_pairs_emitted": int(len(src)),
     }
-    return _done(out, work / "cand" / f"p={p:05d}.done.json", record, path)
+    return _done(out, work / "cand" / f"p={p:05d}.done.json", record, *paths)
 
 
 def _signatures_of(nodes: np.ndarray, sig_files: list[str]) -> np.ndarray:
@@ -176,9 +185,12 @@ def verify_partition(
 ) -> dict:
     out = Path(out_dir)
     work = out / "_work" / "minhash"
-    t = pq.read_table(work / "cand" / f"p={p:05d}.parquet")
-    src, dst = t.column("src").to_numpy(), t.column("dst").to_numpy()
-    est = np.empty(0)
+    files = sorted((work / "cand" / f"q={p:05d}").glob("from-*.parquet"))
+    t = pa.concat_tables([pq.read_table(f) for f in files]) if files else EDGE_SCHEMA.empty_table()
+    pairs = np.stack([t.column("src").to_numpy(), t.column("dst").to_numpy()], axis=1).reshape(-1, 2)
+    pairs = np.unique(pairs, axis=0)
+    src, dst = pairs[:, 0].copy(), pairs[:, 1].copy()
+    num_candidates = int(len(src))
     if verify and len(src):
         est = (_signatures_of(src, sig_files) == _signatures_of(dst, sig_files)).mean(axis=1)
         keep = est >= threshold
@@ -188,9 +200,9 @@ def verify_partition(
     record = {
         "partition": p,
         "fingerprint": fingerprint,
-        "num_candidates": t.num_rows,
+        "num_candidates": num_candidates,
         "num_edges": int(len(src)),
-        "num_dropped": t.num_rows - int(len(src)),
+        "num_dropped": num_candidates - int(len(src)),
     }
     return _done(out, work / "edges" / f"p={p:05d}.done.json", record, path)
 
@@ -282,7 +294,7 @@ def survivor_partition(q: int, num_partitions: int, survivor: str, out_dir: str,
 
 
 def finalize_shard(
-    shard_path: str,
+    src_shard: str,
     shard_index: int,
     num_partitions: int,
     batch_rows: int,
@@ -290,12 +302,12 @@ def finalize_shard(
     out_dir: str,
     fingerprint: Any,
 ) -> dict:
-    from data_pipeline.tasks import _Tally
+    from data_pipeline.tasks import _Tally, filter_shard
 
     t0 = time.perf_counter()
     out = Path(out_dir)
     work = out / "_work" / "minhash"
-    name = Path(shard_path).stem
+    name = Path(src_shard).stem
     gone: dict[int, tuple[str, str, int]] = {}
     for q in range(num_partitions):
         r = pq.read_table(work / "removed" / f"q={q:05d}.parquet", filters=[("shard", "=", shard_index)])
@@ -307,31 +319,17 @@ def finalize_shard(
         ):
             gone[node & 0xFFFFFFFF] = (cid, sid, size)
     tally = _Tally(num_examples)
-    shard_w = ShardWriter(out / "shards" / f"{name}.parquet", DOC_SCHEMA)
-    rej_w = ShardWriter(out / "rejects" / f"{name}.parquet", REJECT_SCHEMA)
-    row = num_in = 0
-    try:
-        for batch in pq.ParquetFile(shard_path).iter_batches(batch_size=batch_rows):
-            table = pa.Table.from_batches([batch])
-            n = table.num_rows
-            is_gone = np.array([row + i in gone for i in range(n)], dtype=bool)
-            shard_w.write_table(table.filter(pa.array(~is_gone)))
-            rej_rows = []
-            for i in np.flatnonzero(is_gone):
-                doc = Doc.from_row(table.slice(int(i), 1).to_pylist()[0])
-                cid, sid, size = gone[row + int(i)]
-                doc.metadata.update(
-                    {"near_dup_cluster": cid, "duplicate_of": sid, "near_dup_cluster_size": size}
-                )
-                rej_rows.append(tally.reject("minhash_dedup", doc, Reject("near_duplicate", sid)))
-            rej_w.write_rows(rej_rows)
-            row += n
-            num_in += n
-        shard_entry, rej_entry = shard_w.close(), rej_w.close()
-    except BaseException:
-        shard_w.abort()
-        rej_w.abort()
-        raise
+    drop = {
+        row: (
+            Reject("near_duplicate", sid),
+            {"near_dup_cluster": cid, "duplicate_of": sid, "near_dup_cluster_size": size},
+        )
+        for row, (cid, sid, size) in gone.items()
+    }
+    shard_path, rej_path = out / "shards" / f"{name}.parquet", out / "rejects" / f"{name}.parquet"
+    shard_entry, rej_entry, num_in = filter_shard(
+        Path(src_shard), shard_path, rej_path, "minhash_dedup", drop, tally, batch_rows
+    )
     tally.stage_in["minhash_dedup"] = num_in
     record = {
         "unit": name,
@@ -343,4 +341,4 @@ def finalize_shard(
         "seconds": round(time.perf_counter() - t0, 3),
         **tally.as_dict(),
     }
-    return _done(out, work / "final" / f"{name}.done.json", record, shard_w.path, rej_w.path)
+    return _done(out, work / "final" / f"{name}.done.json", record, shard_path, rej_path)
