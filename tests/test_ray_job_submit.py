@@ -1,4 +1,4 @@
-"""`ray job submit` against a local head (dashboard on 127.0.0.1) runs the data stages."""
+"""`ray job submit` against a local head (dashboard on 127.0.0.1) runs the data stages, then MinHash."""
 
 from __future__ import annotations
 
@@ -108,6 +108,31 @@ def test_ray_job_submit_runs_pipeline(small_corpus, tmp_path):
         kept, rejected = read_outputs(out)
         truth = (small_corpus / "truth.jsonl").read_text().count("\n")
         assert len(kept) + len(rejected) == truth and len(kept) > 0
+        # MinHash near-dup removal is its own job over the first job's output.
+        dedup = tmp_path / "dedup"
+        submit = cmd[: cmd.index("--") + 1]
+        res = subprocess.run(
+            [
+                *submit,
+                sys.executable,
+                "-m",
+                "data_pipeline",
+                "minhash",
+                "--input",
+                str(out),
+                "--output",
+                str(dedup),
+                "progress=false",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        dkept, drejected = read_outputs(dedup)
+        assert len(dkept) + len(drejected) == len(kept) and len(drejected) > 0
+        assert {r["reason"] for r in drejected.values()} == {"near_duplicate"}
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
