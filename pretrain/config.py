@@ -125,22 +125,35 @@ def to_dict(cfg: Any) -> Any:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `a.b.c=value` overrides; values are parsed as YAML scalars/lists (`x=[a,b]`, `y=null`)."""
+    """Apply `a.b.c=value` overrides; values are parsed as YAML scalars/lists (`x=[a,b]`, `y=null`).
+    A numeric part indexes a list from the config file: `phases.1.seq_len=512`."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         key, raw = item.split("=", 1)
         value = yaml.safe_load(raw) if raw != "" else ""
-        node = data
+        node: Any = data
         parts = key.strip().split(".")
-        for part in parts[:-1]:
-            nxt = node.get(part)
-            if nxt is None:
-                nxt = node[part] = {}
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"override {item!r}: {part} is not a section")
-            node = nxt
-        node[parts[-1]] = value
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(
+                        f"override {item!r}: {part!r} is not an index of a {len(node)}-item list"
+                    )
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+                continue
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {parts[i - 1]} is not a section")
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
     return data
 
 

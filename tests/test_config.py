@@ -63,3 +63,15 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("input: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_pipeline_config(bad)
+
+
+def test_list_index_overrides():
+    from pretrain.config import apply_overrides
+
+    data = {"phases": [{"seq_len": 128}, {"seq_len": 256}], "a": 1}
+    apply_overrides(data, ["phases.1.seq_len=512", "b.c=2"])
+    assert data == {"phases": [{"seq_len": 128}, {"seq_len": 512}], "a": 1, "b": {"c": 2}}
+    with pytest.raises(ConfigError, match="'5' is not an index of a 2-item list"):
+        apply_overrides(data, ["phases.5.seq_len=1"])
+    with pytest.raises(ConfigError, match="a is not a section"):
+        apply_overrides(data, ["a.x=1"])

@@ -1,0 +1,298 @@
+"""Llama-style decoder, single device: RMSNorm, RoPE, GQA, optional QK-norm, SwiGLU.
+
+    cfg = preset("tiny", vocab_size=8192)
+    model = Transformer(cfg)
+    logits, loss = model(idx, targets)  # idx, targets: (B, T) int64; loss ignores -100
+
+Parameter names are Hugging Face `LlamaForCausalLM` names without the `model.` prefix, and RoPE
+uses HF's rotate-half layout, so export is a prefix rule (`hf_name`) with no weight permutation.
+Parallelism, compile and checkpointing wrap this module from outside (trainer/parallelize etc.).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pretrain.config import check
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 8192
+    """Embedding rows and logits width (pad to a multiple of 64 for speed)."""
+    dim: int = 128
+    """Residual stream width; head_dim = dim // num_heads."""
+    num_layers: int = 4
+    """Number of transformer blocks."""
+    num_heads: int = 4
+    """Query heads."""
+    num_kv_heads: int = 2
+    """Key/value heads (grouped-query attention); must divide num_heads. Equal to num_heads = MHA."""
+    ffn_hidden_dim: int | None = None
+    """SwiGLU hidden width; None derives Llama's rule: ffn_multiple_of * ceil((8/3 * dim) / ffn_multiple_of)."""
+    ffn_multiple_of: int = 256
+    """Rounding used when ffn_hidden_dim is derived."""
+    max_seq_len: int = 1024
+    """Longest sequence the RoPE tables cover."""
+    rope_theta: float = 10000.0
+    """RoPE base frequency (Llama 2: 1e4, Llama 3: 5e5)."""
+    norm_eps: float = 1e-5
+    """RMSNorm epsilon."""
+    qk_norm: bool = False
+    """RMSNorm each query/key head before RoPE (stabilises training; not part of plain HF Llama)."""
+    tie_embeddings: bool = True
+    """lm_head shares the embedding matrix (HF `tie_word_embeddings`)."""
+    init_std: float = 0.02
+    """Std of the normal init; attention/MLP output projections get init_std / sqrt(2 * num_layers)."""
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "dim", "num_layers", "num_heads", "num_kv_heads", "max_seq_len"):
+            check(getattr(self, name) > 0, name, getattr(self, name), "> 0")
+        check(self.dim % self.num_heads == 0, "dim", self.dim, f"a multiple of num_heads={self.num_heads}")
+        check(self.head_dim % 2 == 0, "dim", self.dim, "dim // num_heads even (RoPE rotates pairs)")
+        check(
+            self.num_heads % self.num_kv_heads == 0,
+            "num_kv_heads",
+            self.num_kv_heads,
+            f"a divisor of num_heads={self.num_heads}",
+        )
+        check(self.ffn_multiple_of > 0, "ffn_multiple_of", self.ffn_multiple_of, "> 0")
+        if self.ffn_hidden_dim is None:
+            hidden = int(8 * self.dim / 3)
+            self.ffn_hidden_dim = self.ffn_multiple_of * math.ceil(hidden / self.ffn_multiple_of)
+        check(self.ffn_hidden_dim > 0, "ffn_hidden_dim", self.ffn_hidden_dim, "> 0 or null")
+        check(self.rope_theta > 0, "rope_theta", self.rope_theta, "> 0")
+        check(self.norm_eps > 0, "norm_eps", self.norm_eps, "> 0")
+        check(self.init_std > 0, "init_std", self.init_std, "> 0")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+
+# Kwargs, not ModelConfig objects, so an override of `dim` re-derives ffn_hidden_dim.
+# Parameter counts (tied, from tests/test_model.py): tiny 2.03M, 124m 123.6M, 350m 359.7M, 1b 1.076B.
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU smoke tests and the tiny corpus.
+    "tiny": dict(vocab_size=8192, dim=128, num_layers=4, num_heads=4, num_kv_heads=2, max_seq_len=512),
+    # GPT-2 small shape (MHA, vocab 50304 = 50257 padded to 64); SwiGLU 2048 matches a 4x GELU MLP.
+    "124m": dict(vocab_size=50304, dim=768, num_layers=12, num_heads=12, num_kv_heads=12),
+    # GPT-2 medium shape.
+    "350m": dict(vocab_size=50304, dim=1024, num_layers=24, num_heads=16, num_kv_heads=16),
+    # Llama-3.2-1B shape (GQA 32/8, ffn 8192, theta 5e5) with our 50304 vocab.
+    "1b": dict(
+        vocab_size=50304,
+        dim=2048,
+        num_layers=16,
+        num_heads=32,
+        num_kv_heads=8,
+        ffn_hidden_dim=8192,
+        max_seq_len=2048,
+        rope_theta=500000.0,
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """A named size with field overrides, e.g. `preset("124m", vocab_size=32768)`."""
+    check(name in PRESETS, "preset", name, f"one of {sorted(PRESETS)}")
+    return ModelConfig(**{**PRESETS[name], **overrides})
+
+
+def hf_name(name: str) -> str:
+    """Our parameter name -> HF LlamaForCausalLM name: everything but lm_head gains `model.`."""
+    return name if name.startswith("lm_head.") else f"model.{name}"
+
+
+class RMSNorm(nn.Module):
+    """HF LlamaRMSNorm: normalise in fp32, cast back, then scale."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rope_cos_sin(head_dim: int, positions: torch.Tensor, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (len(positions), head_dim), halves duplicated as in HF Llama."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    freqs = torch.outer(positions.float(), inv_freq)  # (T, head_dim/2)
+    emb = torch.cat([freqs, freqs], dim=-1)  # rotate-half layout: pair i with i + head_dim/2
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, T, head_dim); cos/sin: (T, head_dim). Same formula as HF apply_rotary_pos_emb."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, cfg.num_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.dim, cfg.num_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.dim, cfg.num_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.dim, bias=False)
+        # Qwen3's names for the same per-head norms, so a QK-norm export has a target layout.
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # enable_gqa repeats each kv head for num_heads // num_kv_heads consecutive query heads,
+        # the same grouping as HF repeat_kv; the flash kernel handles it without copying.
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads
+        )
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, dim)
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.dim, cfg.ffn_hidden_dim, bias=False)
+        self.up_proj = nn.Linear(cfg.dim, cfg.ffn_hidden_dim, bias=False)
+        self.down_proj = nn.Linear(cfg.ffn_hidden_dim, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block (HF LlamaDecoderLayer names)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        # Derived, not state: non-persistent so checkpoints hold only weights.
+        self.register_buffer("rope_cos", torch.empty(0), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(0), persistent=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """(Re)initialise weights and RoPE tables; call after `to_empty()` from the meta device."""
+        if self.cfg.tie_embeddings:  # here, not only in __init__: to_empty() unties shared parameters
+            self.lm_head.weight = self.embed_tokens.weight
+        device = self.embed_tokens.weight.device
+        cos, sin = rope_cos_sin(self.cfg.head_dim, torch.arange(self.cfg.max_seq_len), self.cfg.rope_theta)
+        self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
+        std = self.cfg.init_std
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                # GPT-2/nanoGPT: each block adds two residual writes, so scale them down with depth.
+                scaled = name.endswith(("o_proj", "down_proj"))
+                nn.init.normal_(
+                    module.weight, std=std / math.sqrt(2 * self.cfg.num_layers) if scaled else std
+                )
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """idx (B, T) -> logits (B, T, vocab); with targets also the mean token cross-entropy."""
+        T = idx.shape[1]
+        assert T <= self.cfg.max_seq_len, f"sequence length {T} > max_seq_len {self.cfg.max_seq_len}"
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        x = self.embed_tokens(idx)  # (B, T, dim)
+        for layer in self.layers:
+            x = layer(x, cos, sin)
+        logits = self.lm_head(self.norm(x))  # (B, T, vocab)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        return logits, loss
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Unique parameters (a tied matrix counts once); exclude_embeddings drops every vocab x dim matrix."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.embed_tokens.weight.numel()
+            if not self.cfg.tie_embeddings:
+                n -= self.lm_head.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token (forward + backward), the PaLM / nanoGPT convention:
+
+        6 * N + 12 * num_layers * dim * seq_len, where N = non-embedding params + the lm_head matmul
+        (vocab * dim; the embedding lookup costs no FLOPs) and the second term is QK^T and AV
+        (2 matmuls * 2 FLOPs * seq_len * dim per layer forward, x3 for backward), counted over the
+        full T x T square even though causal kernels skip half of it.
+        """
+        cfg = self.cfg
+        n = self.num_params(exclude_embeddings=True) + cfg.vocab_size * cfg.dim
+        return 6 * n + 12 * cfg.num_layers * cfg.dim * seq_len
+
+    def hf_state_dict_names(self) -> dict[str, str]:
+        """Our state_dict key -> HF LlamaForCausalLM key; a tied lm_head is omitted (HF re-ties it)."""
+        return {
+            k: hf_name(k)
+            for k in self.state_dict()
+            if not (self.cfg.tie_embeddings and k == "lm_head.weight")
+        }
+
+    def hf_config(self) -> dict[str, Any]:
+        """`config.json` fields for LlamaForCausalLM with these weights (qk_norm has no Llama field)."""
+        cfg = self.cfg
+        assert not cfg.qk_norm, "qk_norm=True has no LlamaForCausalLM equivalent (Qwen3 has q_norm/k_norm)"
+        return {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.dim,
+            "intermediate_size": cfg.ffn_hidden_dim,
+            "num_hidden_layers": cfg.num_layers,
+            "num_attention_heads": cfg.num_heads,
+            "num_key_value_heads": cfg.num_kv_heads,
+            "head_dim": cfg.head_dim,
+            "max_position_embeddings": cfg.max_seq_len,
+            "rope_theta": cfg.rope_theta,
+            "rms_norm_eps": cfg.norm_eps,
+            "tie_word_embeddings": cfg.tie_embeddings,
+            "hidden_act": "silu",
+            "attention_bias": False,
+            "mlp_bias": False,
+            "initializer_range": cfg.init_std,
+        }
