@@ -1,0 +1,258 @@
+"""Training tokens/s (and MFU on a GPU): our per-step machinery vs a plain minimal loop, in one run.
+
+    .venv/bin/python bench/train_throughput.py                    # CPU: tiny preset, seq 256
+    .venv/bin/python bench/train_throughput.py --preset 124m --seq-len 1024   # GPU default
+
+Both sides train the same trainer/model.py model (same init) with AdamW and clip 1.0:
+- minimal: random token batches already on the device; forward, backward, clip, step. No framework.
+- ours: `OurLoop.step` = batches from trainer/data.py `PrefetchLoader` over token shards written to
+  a temp dir, LambdaLR from trainer/schedule.py `torch_lambda`, `Throughput`, `MetricsLogger`
+  (a JSONL row per step, so a loss/grad-norm sync per step), memory snapshot and progress line.
+  When the full trainer lands, replace OurLoop.step with its step function; the harness is shared.
+
+Warmup steps run untimed; then short timed rounds alternate minimal/ours, so load from other
+processes and thermal drift hit both sides alike, and each side reports its median round. On a GPU: bf16 autocast, fused AdamW, torch.compile (--no-compile to
+skip), MFU against the detected GPU's dense bf16 peak. On CPU MFU is null (no meaningful peak).
+Last line: JSON with "ratio" (ours / minimal), "tokens_per_s", "minimal_tokens_per_s", "mfu".
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pretrain.token_shards import write_token_manifest, write_token_shard  # noqa: E402
+from trainer.data import PackedStream, PrefetchLoader, load_sources  # noqa: E402
+from trainer.metrics import (  # noqa: E402
+    MetricsLogger,
+    ProgressLine,
+    Throughput,
+    detect_peak_flops,
+    measure_matmul_flops,
+    memory_snapshot,
+    mfu,
+)
+from trainer.model import Transformer, preset  # noqa: E402
+from trainer.schedule import PhaseConfig, ScheduleConfig, Timeline, torch_lambda  # noqa: E402
+
+EOS = 0
+
+
+def build_model(
+    args: argparse.Namespace, device: torch.device
+) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)  # both sides start from identical weights
+    model = Transformer(preset(args.preset, max_seq_len=max(args.seq_len, 512))).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, fused=device.type == "cuda")
+    if args.compile:
+        model = torch.compile(model)
+    return model, opt
+
+
+def unwrap(model: torch.nn.Module) -> Transformer:
+    return getattr(model, "_orig_mod", model)  # torch.compile wraps the module
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()  # fp32 on CPU, as the trainer does
+
+
+class MinimalLoop:
+    """The reference: nothing but forward, backward, clip, step on pre-made device batches."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device):
+        self.device = device
+        self.model, self.opt = build_model(args, device)
+        vocab = unwrap(self.model).cfg.vocab_size
+        g = torch.Generator().manual_seed(1)
+        self.batches = [
+            torch.randint(1, vocab, (args.batch_size, args.seq_len + 1), generator=g).to(device)
+            for _ in range(4)
+        ]
+
+    def step(self, i: int) -> None:
+        tokens = self.batches[i % len(self.batches)]
+        with autocast(self.device):
+            _, loss = self.model(tokens[:, :-1], tokens[:, 1:])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
+def write_shards(root: Path, vocab: int, num_docs: int = 64, seed: int = 0) -> None:
+    """Random documents (ids 1..vocab-1; 0 is EOS) in two sources, through the token-shard writer."""
+    rng = np.random.default_rng(seed)
+    entries = []
+    for i, source in enumerate(["web", "code"]):
+        docs = [rng.integers(1, vocab, size=int(rng.integers(64, 4096))) for _ in range(num_docs)]
+        entries.append({**write_token_shard(root / f"{i:05d}.arrow", docs, vocab), "source": source})
+    write_token_manifest(root, tokenizer_hash="bench", shards=entries)
+
+
+class OurLoop:
+    """Our per-step machinery around the same model: loader, schedule, throughput, metrics, memory."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, work: Path, total_steps: int):
+        self.device = device
+        self.model, self.opt = build_model(args, device)
+        cfg = unwrap(self.model).cfg
+        write_shards(work / "tok", cfg.vocab_size)
+        weights = {"web": 0.7, "code": 0.3}
+        stream = PackedStream(
+            load_sources([work / "tok"], "bench"), weights, args.seq_len, EOS, seed=1, tokenizer_hash="bench"
+        )
+        self.loader = PrefetchLoader(stream, global_batch=args.batch_size)
+        batch_tokens = args.batch_size * args.seq_len
+        phase = PhaseConfig(
+            name="bench",
+            num_tokens=total_steps * batch_tokens,
+            mixture=weights,
+            seq_len=args.seq_len,
+            global_batch_tokens=batch_tokens,
+            micro_batch_size=args.batch_size,
+            lr_max=args.lr,
+        )
+        timeline = Timeline.build([phase], ScheduleConfig(warmup_steps=max(1, total_steps // 10)))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, torch_lambda(timeline))
+        self.throughput = Throughput(window=20)
+        self.logger = MetricsLogger(work / "run", rank=0, tensorboard=False)
+        self.progress = ProgressLine(total_steps, enabled=False)
+        self.flops_per_token = unwrap(self.model).flops_per_token(args.seq_len)
+        self.peak = detect_peak_flops(device, "bf16")
+        self.batch_tokens = batch_tokens
+
+    def step(self, i: int) -> None:
+        t0, wait0 = time.perf_counter(), self.loader.data_wait_s
+        batch = next(self.loader)
+        x = batch["input_ids"].to(self.device, non_blocking=True)
+        y = batch["labels"].to(self.device, non_blocking=True)
+        with autocast(self.device):
+            _, loss = self.model(x, y)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        lr = self.sched.get_last_lr()[0]
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        loss_value = loss.item()  # the per-step sync any real trainer pays to log and guard the loss
+        self.throughput.update(self.batch_tokens, time.perf_counter() - t0, self.loader.data_wait_s - wait0)
+        tps = self.throughput.tokens_per_s
+        self.logger.log(
+            i,
+            loss=loss_value,
+            lr=lr,
+            grad_norm=grad_norm,
+            tokens_per_s=tps,
+            data_wait=self.throughput.data_wait_fraction,
+            mfu=mfu(self.flops_per_token, tps, self.peak),
+            **memory_snapshot(self.device),
+        )
+        self.progress.update(i + 1, loss=loss_value)
+
+    def close(self) -> None:
+        self.loader.close()
+        self.logger.close()
+        self.progress.close()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(loop: MinimalLoop | OurLoop, start: int, steps: int, device: torch.device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    for i in range(start, start + steps):
+        loop.step(i)
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    gpu = torch.cuda.is_available()
+    ap.add_argument("--preset", default="124m" if gpu else "tiny")
+    ap.add_argument("--seq-len", type=int, default=1024 if gpu else 256)
+    ap.add_argument("--batch-size", type=int, default=16 if gpu else 4, help="samples per step")
+    ap.add_argument("--warmup-steps", type=int, default=10 if gpu else 2)
+    ap.add_argument("--steps", type=int, default=20 if gpu else 4, help="timed steps per round")
+    ap.add_argument("--rounds", type=int, default=5 if gpu else 12, help="alternating timed rounds per side")
+    ap.add_argument("--lr", type=float, default=6e-4)
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=gpu)
+    args = ap.parse_args()
+    device = torch.device("cuda" if gpu else "cpu")
+    if gpu:
+        torch.set_float32_matmul_precision("high")
+    total = args.warmup_steps + args.rounds * args.steps
+    tokens_per_round = args.steps * args.batch_size * args.seq_len
+
+    with tempfile.TemporaryDirectory() as tmp:
+        minimal = MinimalLoop(args, device)
+        ours = OurLoop(args, device, Path(tmp), total)
+        name = torch.cuda.get_device_name(device) if gpu else f"cpu ({torch.get_num_threads()} threads)"
+        print(
+            f"{name}: preset {args.preset} ({unwrap(ours.model).num_params() / 1e6:.1f}M params), "
+            f"seq {args.seq_len}, batch {args.batch_size}, compile {args.compile}, "
+            f"{args.warmup_steps} warmup + {args.rounds} x {args.steps} timed steps per side",
+            flush=True,
+        )
+        for loop in (minimal, ours):
+            timed(loop, 0, args.warmup_steps, device)
+        rates: dict[str, list[float]] = {"minimal": [], "ours": []}
+        for r in range(args.rounds):
+            start = args.warmup_steps + r * args.steps
+            for label, loop in (("minimal", minimal), ("ours", ours)):
+                rates[label].append(tokens_per_round / timed(loop, start, args.steps, device))
+        best = {k: statistics.median(v) for k, v in rates.items()}
+        for label, v in rates.items():
+            print(f"  {label:8s} tokens/s per round: {' '.join(f'{x:.0f}' for x in v)}", flush=True)
+        data_wait = ours.throughput.data_wait_fraction
+        mem = memory_snapshot(device)
+        ours.close()
+
+    fpt = ours.flops_per_token
+    ratio = best["ours"] / best["minimal"]
+    result = {
+        "device": name,
+        "preset": args.preset,
+        "seq_len": args.seq_len,
+        "batch_size": args.batch_size,
+        "compile": args.compile,
+        "flops_per_token": fpt,
+        "tokens_per_s": round(best["ours"], 1),
+        "minimal_tokens_per_s": round(best["minimal"], 1),
+        "ratio": round(ratio, 4),
+        "mfu": None if ours.peak is None else round(mfu(fpt, best["ours"], ours.peak), 4),
+        "minimal_mfu": None if ours.peak is None else round(mfu(fpt, best["minimal"], ours.peak), 4),
+        "data_wait_fraction": round(data_wait, 4),
+        **{k: round(v, 3) for k, v in mem.items()},
+    }
+    if not gpu:
+        # Context only, not MFU: achieved model FLOP/s over a MEASURED fp32 matmul rate on this CPU.
+        measured = measure_matmul_flops()
+        result["cpu_matmul_tflops_measured"] = round(measured / 1e12, 4)
+        result["fraction_of_measured_matmul"] = round(fpt * best["ours"] / measured, 4)
+    print(
+        f"ours {best['ours']:.0f} tokens/s vs minimal {best['minimal']:.0f}: ratio {ratio:.3f} "
+        f"(target >= 0.95); MFU {result['mfu'] if result['mfu'] is not None else 'n/a on CPU'}"
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

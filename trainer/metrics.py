@@ -1,0 +1,335 @@
+"""Training metrics: peak-FLOPs table + MFU, JSONL/TensorBoard logger, throughput, memory, progress.
+
+    peak = detect_peak_flops(device, "bf16")      # None on CPU / unknown GPU -> MFU not reported
+    log = MetricsLogger(run_dir, rank, tensorboard=True)
+    tput = Throughput(window=20)
+    tput.update(num_tokens, step_s, data_wait_s)
+    log.log(step, loss=loss, lr=lr, tokens_per_s=tput.tokens_per_s,
+            mfu=mfu(model.flops_per_token(seq_len), tput.tokens_per_s, peak, world_size),
+            **memory_snapshot(device))
+
+No Ray; torch is imported only by the functions that touch a device.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import resource
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Dense (no 2:4 sparsity) peak tensor-core FLOP/s per GPU. Datasheets print the sparse figure
+# with an asterisk; the dense figure is half of it. fp16 equals bf16 on every part listed.
+# "fp32" is the non-tensor-core rate (torch.set_float32_matmul_precision("highest")); "tf32" is what
+# fp32 matmuls get with the default-off TF32 switch turned on.
+PEAK_FLOPS: dict[str, dict[str, float]] = {
+    # NVIDIA H100 datasheet (nvidia.com/en-us/data-center/h100): SXM BF16 1,979 sparse, TF32 989
+    # sparse, FP32 67; PCIe BF16 1,513 sparse, TF32 756 sparse, FP32 51; NVL BF16 1,671 sparse, FP32 60.
+    "H100 SXM": {"bf16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12},
+    "H100 PCIe": {"bf16": 756e12, "tf32": 378e12, "fp32": 51.2e12},
+    "H100 NVL": {"bf16": 835.5e12, "tf32": 417.5e12, "fp32": 60e12},
+    # NVIDIA H200 datasheet (nvidia.com/en-us/data-center/h200): SXM same tensor rates as H100 SXM
+    # (BF16 1,979 sparse), FP32 67; H200 NVL BF16 1,671 sparse, FP32 60. GH200 = H100 SXM rates.
+    "H200": {"bf16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12},
+    "H200 NVL": {"bf16": 835.5e12, "tf32": 417.5e12, "fp32": 60e12},
+    # NVIDIA A100 datasheet (nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf): BF16 312,
+    # TF32 156, FP32 19.5 dense; the same for 40/80 GB and SXM4/PCIe.
+    "A100": {"bf16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
+    # NVIDIA L4 datasheet: BF16 242 sparse, TF32 120 sparse, FP32 30.3.
+    "L4": {"bf16": 121e12, "tf32": 60e12, "fp32": 30.3e12},
+    # NVIDIA L40S datasheet: BF16 362.05 dense (733 sparse), TF32 183 dense, FP32 91.6.
+    "L40S": {"bf16": 362.05e12, "tf32": 183e12, "fp32": 91.6e12},
+    # NVIDIA A10 datasheet: BF16 125 dense (250 sparse), TF32 62.5 dense, FP32 31.2.
+    "A10": {"bf16": 125e12, "tf32": 62.5e12, "fp32": 31.2e12},
+    # A10G (AWS G5) has no NVIDIA datasheet: 80 SMs with GeForce-rate (half) fp32-accumulate tensor
+    # cores, the commonly quoted ~70 TFLOPS BF16 dense and ~35 TFLOPS FP32. Least certain row here.
+    "A10G": {"bf16": 70e12, "tf32": 35e12, "fp32": 35e12},
+    # NVIDIA Ada Lovelace architecture whitepaper (RTX 4090): FP16/BF16 tensor with FP32 accumulate
+    # 165.2 dense (330.3 is with FP16 accumulate or sparsity), TF32 82.6 dense, FP32 82.6.
+    "RTX 4090": {"bf16": 165.2e12, "tf32": 82.6e12, "fp32": 82.6e12},
+    # NVIDIA HGX B200 datasheet, 8 GPUs: FP16/BF16 36 PFLOPS sparse, TF32 18 PFLOPS sparse,
+    # FP32 600 TFLOPS -> per GPU 2.25 PF / 1.125 PF dense / 75 TF (GB200 parts run faster clocks).
+    "B200": {"bf16": 2.25e15, "tf32": 1.125e15, "fp32": 75e12},
+}
+
+# torch.cuda.get_device_name() -> table key; first match wins, so specific names come first.
+# Examples: "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H200", "NVIDIA A100-SXM4-80GB",
+# "NVIDIA A100 80GB PCIe", "NVIDIA L40S", "NVIDIA A10G", "NVIDIA GeForce RTX 4090", "NVIDIA B200".
+_NAME_PATTERNS: list[tuple[str, str]] = [
+    (r"H100.*NVL", "H100 NVL"),
+    (r"H100.*PCIe", "H100 PCIe"),
+    (r"GH200", "H100 SXM"),
+    (r"H200.*NVL", "H200 NVL"),
+    (r"H200", "H200"),
+    (r"H100", "H100 SXM"),
+    (r"A100", "A100"),
+    (r"L40S", "L40S"),
+    (r"\bL4\b", "L4"),
+    (r"A10G", "A10G"),
+    (r"\bA10\b", "A10"),
+    (r"RTX 4090", "RTX 4090"),
+    (r"\bB200", "B200"),
+]
+_DEVICE_SPEC = re.compile(r"^(cpu|cuda|mps|xpu|meta)(:\d+)?$")
+_warned: set[str] = set()
+
+
+def _precision(dtype: Any) -> str:
+    """bf16 | fp16 | tf32 | fp32 from a string or torch dtype (torch.float32 follows the TF32 switch)."""
+    if isinstance(dtype, str):
+        key = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32"}.get(dtype, dtype)
+    else:
+        import torch
+
+        if dtype == torch.float32:
+            return "fp32" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+        key = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+    if key not in ("bf16", "fp16", "tf32", "fp32"):
+        raise ValueError(f"dtype={dtype!r}: expected one of bf16, fp16, tf32, fp32 or a torch float dtype")
+    return key
+
+
+def peak_flops_for_name(device_name: str, dtype: Any = "bf16") -> float | None:
+    """Dense peak FLOP/s of one device named like torch.cuda.get_device_name(); None if unknown."""
+    precision = _precision(dtype)
+    for pattern, key in _NAME_PATTERNS:
+        if re.search(pattern, device_name):
+            return PEAK_FLOPS[key]["bf16" if precision == "fp16" else precision]
+    if device_name not in _warned:
+        _warned.add(device_name)
+        log.warning("metrics: no peak-FLOPs entry for device %r; MFU will not be reported", device_name)
+    return None
+
+
+def detect_peak_flops(device: Any, dtype: Any = "bf16") -> float | None:
+    """Peak FLOP/s of `device` (a torch.device, "cuda:0", or a device-name string) at `dtype`.
+
+    None on CPU: a CPU has no meaningful tensor-core peak, so MFU is not reported there (use
+    `measure_matmul_flops` for an explicitly *measured* reference instead).
+    """
+    if isinstance(device, str) and not _DEVICE_SPEC.match(device):
+        return peak_flops_for_name(device, dtype)
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return peak_flops_for_name(torch.cuda.get_device_name(device), dtype)
+
+
+def measure_matmul_flops(dtype: Any = None, n: int = 1024, repeats: int = 5) -> float:
+    """MEASURED (not datasheet) FLOP/s of an n x n matmul on CPU: best of `repeats` runs."""
+    import torch
+
+    a = torch.randn(n, n, dtype=dtype or torch.float32)
+    b = torch.randn(n, n, dtype=dtype or torch.float32)
+    a @ b  # first call pays one-time allocation/thread-pool start-up
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def mfu(
+    flops_per_token: float, tokens_per_s: float, peak_flops: float | None, num_devices: int = 1
+) -> float | None:
+    """Model FLOPs utilisation in [0, 1]: achieved / peak. `tokens_per_s` is the throughput over all
+    `num_devices` together; None when the peak is unknown (CPU, unlisted GPU)."""
+    if peak_flops is None or peak_flops <= 0:
+        return None
+    return flops_per_token * tokens_per_s / (peak_flops * num_devices)
+
+
+class Throughput:
+    """Rolling tokens/s and data-wait fraction over the last `window` steps."""
+
+    def __init__(self, window: int = 20):
+        if window < 1:
+            raise ValueError(f"window={window} must be >= 1")
+        self._steps: deque[tuple[int, float, float]] = deque(maxlen=window)
+        self.total_tokens = 0
+        self._last = time.perf_counter()
+
+    def update(self, num_tokens: int, step_s: float, data_wait_s: float = 0.0) -> None:
+        """Record one step: tokens processed, wall seconds it took (data wait included), wait seconds."""
+        self._steps.append((num_tokens, step_s, data_wait_s))
+        self.total_tokens += num_tokens
+
+    def tick(self, num_tokens: int, data_wait_s: float = 0.0) -> None:
+        """update() with step_s = wall time since the previous tick (or construction/`reset_clock`)."""
+        now = time.perf_counter()
+        self.update(num_tokens, now - self._last, data_wait_s)
+        self._last = now
+
+    def reset_clock(self) -> None:
+        self._last = time.perf_counter()
+
+    @property
+    def tokens_per_s(self) -> float:
+        seconds = sum(s for _, s, _ in self._steps)
+        return sum(n for n, _, _ in self._steps) / seconds if seconds > 0 else 0.0
+
+    @property
+    def data_wait_fraction(self) -> float:
+        seconds = sum(s for _, s, _ in self._steps)
+        return min(1.0, sum(w for _, _, w in self._steps) / seconds) if seconds > 0 else 0.0
+
+
+def memory_snapshot(device: Any = "cpu") -> dict[str, float]:
+    """GiB in use: CUDA max allocated/reserved on a GPU, process RSS (current and peak) on CPU."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return {
+            "mem_max_alloc_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+            "mem_reserved_gib": torch.cuda.memory_reserved(device) / 2**30,
+        }
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    peak = peak_kib / 2**30 if sys.platform == "darwin" else peak_kib / 2**20
+    try:
+        with open("/proc/self/statm") as f:  # resident pages, field 2
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except OSError:
+        rss = peak
+    return {"mem_rss_gib": rss, "mem_peak_rss_gib": peak}
+
+
+def _scalar(v: Any) -> Any:
+    """Tensors / numpy scalars -> Python numbers; non-finite floats -> None (strict JSON)."""
+    if hasattr(v, "item") and callable(v.item):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+class MetricsLogger:
+    """One JSON row per log() call to run_dir/metrics.jsonl (rank 0 only), plus TensorBoard scalars.
+
+    Each row is one write() of one line to a file opened for append, flushed at once, so a crash
+    loses at most the row being written and a reader never sees half a row from an earlier step.
+    """
+
+    def __init__(self, run_dir: str | Path, rank: int = 0, tensorboard: bool = False):
+        self.rank = rank
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self._file = None
+        self._tb = None
+        if rank != 0:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                print(
+                    "metrics: tensorboard not installed (pip install tensorboard); writing metrics.jsonl only"
+                )
+            else:
+                self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+
+    def log(self, step: int, **values: Any) -> dict[str, Any] | None:
+        """Write {"step", "time", **values}; returns the row on rank 0, None elsewhere."""
+        if self._file is None:
+            return None
+        row = {"step": int(step), "time": time.time(), **{k: _scalar(v) for k, v in values.items()}}
+        self._file.write(json.dumps(row, allow_nan=False) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in row.items():
+                if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k, v, global_step=int(step))
+        return row
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Rows of run_dir/metrics.jsonl; a torn last line (crash mid-write) is skipped."""
+    rows = []
+    for line in (Path(run_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def format_eta(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class ProgressLine:
+    """Console progress with ETA on rank 0: a rich bar on a terminal, a plain line every
+    `every` steps otherwise (log files get readable lines, not bar redraws)."""
+
+    def __init__(self, total_steps: int, start_step: int = 0, enabled: bool = True, every: int = 10):
+        self.total_steps, self.start_step, self.every = total_steps, start_step, every
+        self.enabled = enabled
+        self._t0 = time.perf_counter()
+        self._bar = None
+        if enabled and sys.stdout.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")
+            )
+            self._task = self._bar.add_task("train", total=total_steps, completed=start_step, info="")
+            self._bar.start()
+
+    def eta_s(self, step: int) -> float:
+        """Seconds left, from the mean step time since this process started (resume-aware)."""
+        done = step - self.start_step
+        if done <= 0:
+            return math.inf
+        return (time.perf_counter() - self._t0) / done * (self.total_steps - step)
+
+    def line(self, step: int, **fields: Any) -> str:
+        eta = self.eta_s(step)
+        parts = [f"step {step}/{self.total_steps}"]
+        parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items()]
+        parts.append(f"eta {format_eta(eta) if math.isfinite(eta) else '?'}")
+        return " | ".join(parts)
+
+    def update(self, step: int, **fields: Any) -> None:
+        """`step` = optimizer steps completed."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
+            self._bar.update(self._task, completed=step, info=info)
+        elif step % self.every == 0 or step == self.total_steps:
+            print(self.line(step, **fields), flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
