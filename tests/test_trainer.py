@@ -1,0 +1,264 @@
+"""Trainer loop: exact resume (in-process and after kill -9), DDP/FSDP2 vs one process, NaN guard,
+checkpoint atomicity and retention. Tiny model, tiny curriculum: each run takes about a second."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pretrain.config import ConfigError, load_config, to_dict
+from pretrain.token_shards import write_token_manifest, write_token_shard
+from trainer import checkpoint as ckpt
+from trainer.train import TrainConfig, train
+
+REPO = Path(__file__).resolve().parent.parent
+VOCAB = 512
+TOTAL_STEPS = 12  # phase "short": steps 0-5, phase "long": steps 6-11
+
+
+def _docs(rng, n: int, lo: int, hi: int) -> list[np.ndarray]:
+    """Documents with learnable structure: runs of an arithmetic progression mod a band of ids."""
+    out = []
+    for _ in range(n):
+        length = int(rng.integers(8, 60))
+        start, stride = int(rng.integers(lo, hi)), int(rng.integers(1, 4))
+        out.append(lo + (start + stride * np.arange(length)) % (hi - lo))
+    return out
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tok")
+    rng = np.random.default_rng(0)
+    entries = []
+    for i, (source, lo, hi) in enumerate([("web", 1, 300), ("code", 300, 512), ("web", 1, 300)]):
+        entry = write_token_shard(root / f"{i:05d}.arrow", _docs(rng, 80, lo, hi), VOCAB)
+        entries.append({**entry, "source": source})
+    write_token_manifest(root, tokenizer_hash="tok-test", shards=entries)
+    return root
+
+
+def _config_dict(shards: Path, run_dir: Path, **top) -> dict:
+    phases = [
+        dict(name="short", num_tokens=6 * 512, mixture={"web": 0.8, "code": 0.2}, seq_len=16,
+             global_batch_tokens=512, micro_batch_size=8, lr_max=3e-3),
+        dict(name="long", num_tokens=6 * 512, mixture={"web": 0.4, "code": 0.6}, seq_len=32,
+             global_batch_tokens=512, micro_batch_size=4, lr_max=3e-3),
+    ]  # fmt: skip
+    cfg = {
+        "run_dir": str(run_dir),
+        "model": "tiny",
+        "model_overrides": {"dim": 64, "num_layers": 2, "vocab_size": VOCAB, "max_seq_len": 64},
+        "curriculum": {"phases": phases, "schedule": {"warmup_steps": 2, "decay_fraction": 0.3}},
+        "data": {
+            "sources": {"web": str(shards), "code": str(shards)},
+            "tokenizer_hash": "tok-test",
+            "seed": 3,
+        },
+        "checkpoint": {"every_steps": 4, "keep_last": 2},
+        "seed": 7,
+        "device": "cpu",
+    }
+    cfg.update(top)
+    return cfg
+
+
+def _cfg(shards: Path, run_dir: Path, overrides: list[str] = (), **top) -> TrainConfig:
+    path = run_dir.parent / f"{run_dir.name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(_config_dict(shards, run_dir, **top)))
+    return load_config(TrainConfig, path, list(overrides))
+
+
+def _metrics(run_dir: Path) -> dict[int, dict]:
+    """step -> the last record logged for it (a resumed run re-logs steps after its checkpoint)."""
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["step"]] = rec
+    return out
+
+
+def _losses(run_dir: Path) -> list[float]:
+    m = _metrics(run_dir)
+    assert sorted(m) == list(range(len(m)))
+    return [m[s]["loss"] for s in sorted(m)]
+
+
+@pytest.fixture(scope="module")
+def straight(shards, tmp_path_factory) -> Path:
+    """The uninterrupted reference run."""
+    run = tmp_path_factory.mktemp("straight") / "run"
+    summary = train(_cfg(shards, run))
+    assert summary == {"last_step": TOTAL_STEPS, "skipped_steps": 0, "final_loss": _losses(run)[-1]}
+    return run
+
+
+def test_straight_run_learns_and_logs(straight):
+    m = _metrics(straight)
+    assert sorted(m) == list(range(TOTAL_STEPS))
+    assert [m[s]["phase"] for s in range(TOTAL_STEPS)] == ["short"] * 6 + ["long"] * 6
+    assert m[TOTAL_STEPS - 1]["tokens"] == TOTAL_STEPS * 512
+    assert all(set(r) >= {"loss", "lr", "grad_norm", "tokens_per_s", "data_wait_s"} for r in m.values())
+    assert m[0]["loss"] == pytest.approx(np.log(VOCAB), rel=0.05)  # starts at uniform
+    assert m[TOTAL_STEPS - 1]["loss"] < m[0]["loss"] - 0.5
+    # every_steps=4, keep_last=2: steps 4, 8, 12 saved, the oldest pruned.
+    assert [s for s, _ in ckpt.complete_checkpoints(straight / "checkpoints")] == [8, 12]
+    assert json.loads((straight / "checkpoints" / "latest").read_text())["step"] == 12
+
+
+def test_resume_in_process_is_exact(shards, straight, tmp_path):
+    run = tmp_path / "run"
+    first = train(_cfg(shards, run, max_steps=4))
+    assert first["last_step"] == 4
+    second = train(_cfg(shards, run))  # resumes from step_000004; phase boundary at step 6
+    assert second["last_step"] == TOTAL_STEPS
+    assert _losses(run) == _losses(straight)  # exact: deterministic fp32 CPU
+
+
+def test_activation_checkpointing_same_losses_and_resumes(shards, straight, tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(shards, run, activation_checkpointing=True, max_steps=4))
+    train(_cfg(shards, run, activation_checkpointing=True, max_steps=6))  # resumes through DCP
+    np.testing.assert_allclose(_losses(run), _losses(straight)[:6], rtol=1e-6)
+
+
+def test_leftover_tmp_checkpoint_is_ignored(shards, straight, tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(shards, run, max_steps=4))
+    junk = run / "checkpoints" / "step_000008.tmp"  # a save that crashed half-way
+    junk.mkdir()
+    (junk / "__0_0.distcp").write_bytes(b"garbage")
+    assert ckpt.latest_checkpoint(run / "checkpoints").name == "step_000004"
+    train(_cfg(shards, run))
+    assert _losses(run) == _losses(straight)
+
+
+def test_resume_refuses_other_data(shards, tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(shards, run, max_steps=2))
+    with pytest.raises(ValueError, match="data fingerprint"):
+        train(_cfg(shards, run, ["data.seed=4"]))
+    assert (
+        train(_cfg(shards, run, ["data.seed=4", "allow_data_change=true", "max_steps=3"]))["last_step"] == 3
+    )
+
+
+def test_nan_batch_skips_the_step(shards, straight, tmp_path):
+    run = tmp_path / "run"
+    summary = train(_cfg(shards, run, ["debug.nan_steps=[5]"]))
+    assert summary["skipped_steps"] == 1 and summary["last_step"] == TOTAL_STEPS
+    m, ref = _metrics(run), _metrics(straight)
+    assert m[5]["skipped"] and not np.isfinite(m[5]["loss"])
+    assert [m[s]["loss"] for s in range(5)] == [ref[s]["loss"] for s in range(5)]
+    assert all(np.isfinite(m[s]["loss"]) and not m[s]["skipped"] for s in range(6, TOTAL_STEPS))
+    assert m[6]["loss"] != ref[6]["loss"]  # step 5's update really was skipped
+    assert m[TOTAL_STEPS - 1]["loss"] < m[0]["loss"] - 0.5
+
+
+def test_config_validation(shards, tmp_path):
+    with pytest.raises(ConfigError, match="parallel"):
+        _cfg(shards, tmp_path / "r", ["parallel=tp"])
+    with pytest.raises(ConfigError, match="mixture sources"):
+        _cfg(shards, tmp_path / "r", ["curriculum.phases.0.mixture={books: 1.0}"])
+    with pytest.raises(ConfigError, match="dim"):
+        _cfg(shards, tmp_path / "r", ["model_overrides.dim=63"])
+    cfg = _cfg(shards, tmp_path / "r")
+    assert to_dict(cfg)["optim"]["betas"] == [0.9, 0.95]
+
+
+def test_retention_keeps_last_and_every(tmp_path):
+    root = tmp_path / "ck"
+    for s in [2, 4, 6, 8, 10]:
+        d = ckpt.step_dir(root, s)
+        d.mkdir(parents=True)
+        (d / ckpt.META).write_text("{}")
+    assert ckpt.prune(root, keep_last=2, keep_every=4) == [2, 6]
+    assert [s for s, _ in ckpt.complete_checkpoints(root)] == [4, 8, 10]
+
+
+def _cli(config: Path, *overrides: str, nproc: int = 1) -> list[str]:
+    if nproc == 1:
+        return [sys.executable, "-m", "trainer", "train", "--config", str(config), *overrides]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return [*launcher, "-m", "trainer", "train", "--config", str(config), *overrides]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def test_cli_dry_run(shards, tmp_path):
+    _cfg(shards, tmp_path / "run")
+    out = subprocess.run(
+        _cli(tmp_path / "run.yaml", "--dry-run"),
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=REPO,
+        check=True,
+    ).stdout
+    assert "run_dir:" in out and "short" in out and "long" in out and "0-5" in out and "6-11" in out
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_kill9_then_resume_matches(shards, straight, tmp_path):
+    run = tmp_path / "run"
+    _cfg(shards, run)
+    config = tmp_path / "run.yaml"
+    proc = subprocess.Popen(
+        _cli(config, "debug.step_sleep_s=0.5"), env=_env(), cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while ckpt.latest_checkpoint(run / "checkpoints") is None:
+        assert proc.poll() is None and time.time() < deadline, "trainer ended before its first checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = ckpt.complete_checkpoints(run / "checkpoints")[-1][0]
+    assert killed_at < TOTAL_STEPS
+    subprocess.run(_cli(config), env=_env(), cwd=REPO, check=True, capture_output=True)
+    assert _losses(run) == _losses(straight)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("parallel", "resume_nproc"), [("ddp", 1), ("fsdp2", 2)])
+def test_two_gloo_processes_match_single(shards, straight, tmp_path, parallel, resume_nproc):
+    """2 gloo processes to step 8, then resume (DDP: in 1 process, a world-size change) across the
+    phase boundary (step 6) to the end; losses match the single-process run."""
+    run = tmp_path / "run"
+    _cfg(shards, run, parallel=parallel, max_steps=8)
+    res = subprocess.run(
+        _cli(tmp_path / "run.yaml", nproc=2),
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    saved = ckpt.latest_checkpoint(run / "checkpoints")
+    assert ckpt.read_meta(saved)["world_size"] == 2 and ckpt.read_meta(saved)["step"] == 8
+    if parallel == "fsdp2":  # really sharded: each rank wrote its own DCP file
+        assert sorted(p.name for p in saved.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    res = subprocess.run(
+        _cli(tmp_path / "run.yaml", "max_steps=null", nproc=resume_nproc),
+        env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    ours, ref = _losses(run), _losses(straight)
+    assert len(ours) == TOTAL_STEPS
+    np.testing.assert_allclose(ours, ref, rtol=1e-5)

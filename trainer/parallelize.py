@@ -1,0 +1,93 @@
+"""Process group setup and model wrapping: none, DDP, or FSDP2 (`fully_shard` per block + root).
+
+    dist_env = init_distributed("cuda")           # reads torchrun's RANK/WORLD_SIZE/LOCAL_RANK
+    model = parallelize(model, "fsdp2", device, activation_checkpointing=True)
+
+gloo on CPU, nccl on GPU. Without torchrun (no WORLD_SIZE) no process group is created and
+"ddp"/"fsdp2" fall back to the plain module, so the same config runs in one process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1 or dist.is_initialized()
+
+
+def init_distributed(device_type: str) -> DistEnv:
+    """Join torchrun's process group when launched by it; a no-op in a plain process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        x /= dist.get_world_size()
+    return x
+
+
+def parallelize(
+    model: nn.Module, mode: str, device: torch.device, activation_checkpointing: bool = False
+) -> nn.Module:
+    """Wrap `model` (already on `device`, already initialised) for `mode`."""
+    if activation_checkpointing:
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+        for i, block in enumerate(model.layers):
+            model.layers[i] = checkpoint_wrapper(block)
+    if mode == "none" or not dist.is_initialized():
+        return model
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+    if mode == "fsdp2":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        # bf16 compute with fp32 gradient reduction on GPU; fp32 throughout on CPU.
+        mp = (
+            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            if device.type == "cuda"
+            else MixedPrecisionPolicy()
+        )
+        for block in model.layers:
+            fully_shard(block, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+        return model
+    raise ValueError(f"parallel={mode!r}: expected none, ddp or fsdp2")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The Transformer inside a DDP wrapper (FSDP2 modifies the module in place)."""
+    return model.module if hasattr(model, "module") and not isinstance(model, nn.ModuleList) else model
