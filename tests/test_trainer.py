@@ -67,6 +67,7 @@ def _config_dict(shards: Path, run_dir: Path, **top) -> dict:
         "checkpoint": {"every_steps": 4, "keep_last": 2},
         "seed": 7,
         "device": "cpu",
+        "metrics": {"progress": False},
     }
     cfg.update(top)
     return cfg
@@ -111,6 +112,12 @@ def test_straight_run_learns_and_logs(straight):
     assert all(set(r) >= {"loss", "lr", "grad_norm", "tokens_per_s", "data_wait_s"} for r in m.values())
     assert m[0]["loss"] == pytest.approx(np.log(VOCAB), rel=0.05)  # starts at uniform
     assert m[TOTAL_STEPS - 1]["loss"] < m[0]["loss"] - 0.5
+    assert all(r["tokens_per_s"] > 0 and 0 <= r["data_wait_fraction"] <= 1 for r in m.values())
+    assert all(r["mfu"] is None for r in m.values())  # no peak-FLOPs figure for a CPU
+    assert [s for s in m if "mem_rss_gib" in m[s]] == [0, 10]  # metrics.memory_every=10
+    assert [m[s]["sample_index"] for s in range(TOTAL_STEPS)] == [32 * i for i in range(6)] + [
+        16 * i for i in range(6)
+    ]
     # every_steps=4, keep_last=2: steps 4, 8, 12 saved, the oldest pruned.
     assert [s for s, _ in ckpt.complete_checkpoints(straight / "checkpoints")] == [8, 12]
     assert json.loads((straight / "checkpoints" / "latest").read_text())["step"] == 12
@@ -158,11 +165,55 @@ def test_nan_batch_skips_the_step(shards, straight, tmp_path):
     summary = train(_cfg(shards, run, ["debug.nan_steps=[5]"]))
     assert summary["skipped_steps"] == 1 and summary["last_step"] == TOTAL_STEPS
     m, ref = _metrics(run), _metrics(straight)
-    assert m[5]["skipped"] and not np.isfinite(m[5]["loss"])
+    assert m[5]["skipped"] == "nonfinite" and m[5]["loss"] is None  # strict JSON: NaN -> null
     assert [m[s]["loss"] for s in range(5)] == [ref[s]["loss"] for s in range(5)]
     assert all(np.isfinite(m[s]["loss"]) and not m[s]["skipped"] for s in range(6, TOTAL_STEPS))
     assert m[6]["loss"] != ref[6]["loss"]  # step 5's update really was skipped
     assert m[TOTAL_STEPS - 1]["loss"] < m[0]["loss"] - 0.5
+
+
+GUARD = ["guard.spike_min_history=2"]  # the 12-step test run needs a short history
+
+
+def test_loss_spike_is_skipped(shards, straight, tmp_path):
+    run = tmp_path / "run"
+    summary = train(_cfg(shards, run, [*GUARD, "debug.spike_steps=[3]"]))
+    assert summary["skipped_steps"] == 1 and summary["last_step"] == TOTAL_STEPS
+    m, ref = _metrics(run), _metrics(straight)
+    assert m[3]["skipped"] == "loss_spike" and m[3]["loss"] > 1000 and "rollback" not in m[3]
+    assert [m[s]["loss"] for s in range(3)] == [ref[s]["loss"] for s in range(3)]
+    assert m[4]["loss"] != ref[4]["loss"]  # step 3's update really was skipped
+    assert [s for s in m if m[s]["skipped"]] == [3]
+    assert m[TOTAL_STEPS - 1]["loss"] < m[0]["loss"] - 0.5
+
+
+def test_repeated_spikes_roll_back_and_skip_ahead(shards, straight, tmp_path):
+    run = tmp_path / "run"
+    overrides = [*GUARD, "guard.max_consecutive_spikes=2", "debug.spike_steps=[4, 5]"]
+    summary = train(_cfg(shards, run, overrides))
+    assert summary["skipped_steps"] == 2 and summary["last_step"] == TOTAL_STEPS
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # Steps 4 and 5 spike; the second spike in a row rolls back to the step-4 checkpoint, and
+    # steps 4-5 re-run on the NEXT batches of the phase (samples 192, 224), not the spiking ones.
+    assert [(r["step"], r["skipped"], r.get("rollback"), r["sample_index"]) for r in rows[:8]] == [
+        (0, False, None, 0), (1, False, None, 32), (2, False, None, 64), (3, False, None, 96),
+        (4, "loss_spike", None, 128), (5, "loss_spike", 4, 160), (4, False, None, 192), (5, False, None, 224),
+    ]  # fmt: skip
+    assert [r["step"] for r in rows[8:]] == list(range(6, TOTAL_STEPS))
+    ref = _metrics(straight)
+    assert [r["loss"] for r in rows[:4]] == [ref[s]["loss"] for s in range(4)]
+    assert rows[6]["loss"] != ref[4]["loss"]  # same weights as the reference at step 4, new batch
+    losses = _losses(run)
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0] - 0.5
+
+    # The 2 spiking batches of 32 samples x 16 tokens were consumed and never replayed: the source
+    # cursors in the final checkpoint stand that far past the reference run's.
+    def cursors(r: Path) -> int:
+        return sum(
+            ckpt.read_meta(ckpt.latest_checkpoint(r / "checkpoints"))["data_state"]["cursors"].values()
+        )
+
+    assert cursors(run) - cursors(straight) == 2 * 32 * 16
 
 
 def test_config_validation(shards, tmp_path):
@@ -172,6 +223,10 @@ def test_config_validation(shards, tmp_path):
         _cfg(shards, tmp_path / "r", ["curriculum.phases.0.mixture={books: 1.0}"])
     with pytest.raises(ConfigError, match="dim"):
         _cfg(shards, tmp_path / "r", ["model_overrides.dim=63"])
+    with pytest.raises(ConfigError, match="spike_min_history"):
+        _cfg(shards, tmp_path / "r", ["guard.spike_min_history=1"])
+    with pytest.raises(ConfigError, match="memory_every"):
+        _cfg(shards, tmp_path / "r", ["metrics.memory_every=-1"])
     cfg = _cfg(shards, tmp_path / "r")
     assert to_dict(cfg)["optim"]["betas"] == [0.9, 0.95]
 

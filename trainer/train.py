@@ -7,7 +7,12 @@ Each optimizer step k takes its phase from the Timeline (seq_len, mixture, globa
 accumulation). The rank's share of the global batch is split into micro-batches; the loss of
 each is scaled by 1/accum so the summed gradient is the mean over the global batch on any world
 size. A non-finite loss or grad norm skips the optimizer step (grads zeroed, LR schedule still
-advances) and is logged. Rank 0 appends one JSON line per step to run_dir/metrics.jsonl.
+advances) and is logged. So does a loss spike: a loss above mean + k * std of the recent window of
+accepted losses (the window restarts at each phase, whose data legitimately shifts the loss).
+`max_consecutive_spikes` spikes in a row roll model, optimizer, scheduler and RNG back to the
+newest checkpoint while the data loader keeps going forward, so the batches that spiked are never
+replayed. Rank 0 appends one JSON line per step to run_dir/metrics.jsonl (MetricsLogger: strict
+JSON, non-finite values as null) with throughput, MFU (GPU only), data-wait fraction and memory.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ import json
 import logging
 import math
 import random
+import statistics
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -90,11 +97,60 @@ class CheckpointConfig:
 
 
 @dataclass
+class GuardConfig:
+    """Loss-spike guard (non-finite losses and grad norms are always skipped)."""
+
+    spike_num_std: float = 6.0
+    """A loss above mean + this many std of the recent accepted losses is a spike; 0 disables."""
+    spike_window: int = 50
+    """Accepted losses (this phase) the mean and std are taken over."""
+    spike_min_history: int = 10
+    """Judge no spike until the window holds this many losses."""
+    max_consecutive_spikes: int = 3
+    """This many spikes in a row roll back to the newest checkpoint (data keeps moving forward)."""
+    max_rollbacks: int = 5
+    """Give up (raise) after this many rollbacks in one train() call: the run is not recovering."""
+
+    def __post_init__(self) -> None:
+        check(self.spike_num_std >= 0, "spike_num_std", self.spike_num_std, ">= 0 (0 disables)")
+        check(self.spike_window >= 2, "spike_window", self.spike_window, ">= 2")
+        check(
+            2 <= self.spike_min_history <= self.spike_window,
+            "spike_min_history",
+            self.spike_min_history,
+            "in [2, spike_window]",
+        )
+        check(self.max_consecutive_spikes >= 1, "max_consecutive_spikes", self.max_consecutive_spikes, ">= 1")
+        check(self.max_rollbacks >= 0, "max_rollbacks", self.max_rollbacks, ">= 0")
+
+
+@dataclass
+class MetricsConfig:
+    """What goes to metrics.jsonl, TensorBoard and the console."""
+
+    window: int = 20
+    """Steps the rolling tokens/s, MFU and data-wait fraction average over."""
+    memory_every: int = 10
+    """Add a memory snapshot to every N-th step's row (and the first); 0 never."""
+    tensorboard: bool = False
+    """Also write TensorBoard scalars to run_dir/tensorboard (needs the tensorboard package)."""
+    progress: bool = True
+    """Progress line with ETA on rank 0's console."""
+
+    def __post_init__(self) -> None:
+        check(self.window >= 1, "window", self.window, ">= 1")
+        check(self.memory_every >= 0, "memory_every", self.memory_every, ">= 0")
+
+
+@dataclass
 class DebugConfig:
     """Test hooks; leave empty in real runs."""
 
     nan_steps: list[int] = field(default_factory=list)
     """Optimizer steps whose batch is poisoned: the loss becomes NaN (exercises the guard)."""
+    spike_steps: list[int] = field(default_factory=list)
+    """Optimizer steps whose loss is multiplied by 1000 before the spike guard sees it; each fires
+    once, so a step re-run after a rollback is clean."""
     step_sleep_s: float = 0.0
     """Sleep after each step, so a test can kill the process mid-run."""
 
@@ -135,6 +191,10 @@ class TrainConfig:
     """Continue from the newest complete checkpoint in run_dir/checkpoints when there is one."""
     allow_data_change: bool = False
     """Resume even if the data fingerprint differs from the checkpoint's."""
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    """Loss-spike skipping and rollback."""
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    """Throughput, MFU, memory, TensorBoard and console progress."""
     debug: DebugConfig = field(default_factory=DebugConfig)
     """Test hooks."""
 
@@ -193,6 +253,39 @@ def _param_groups(model) -> list[dict[str, Any]]:
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+class SpikeGuard:
+    """Spike test against the recent accepted losses of the current phase; tiny, checkpointed state."""
+
+    def __init__(self, cfg: GuardConfig):
+        self.cfg = cfg
+        self.losses: deque[float] = deque(maxlen=cfg.spike_window)
+        self.phase = -1
+        self.consecutive = 0
+
+    def is_spike(self, phase: int, loss: float) -> bool:
+        if phase != self.phase:  # a new phase's mixture / seq_len shifts the loss legitimately
+            self.losses.clear()
+            self.phase = phase
+        if self.cfg.spike_num_std <= 0 or len(self.losses) < self.cfg.spike_min_history:
+            return False
+        mean, std = statistics.fmean(self.losses), statistics.pstdev(self.losses)
+        return loss > mean + self.cfg.spike_num_std * std
+
+    def accept(self, loss: float) -> None:
+        self.losses.append(loss)
+        self.consecutive = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"phase": self.phase, "losses": list(self.losses), "consecutive": self.consecutive}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        self.losses.clear()
+        self.phase, self.consecutive = -1, 0
+        if state:  # checkpoints from before the guard existed have none
+            self.losses.extend(state["losses"])
+            self.phase, self.consecutive = state["phase"], state["consecutive"]
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) training; returns a summary {last_step, skipped_steps, final_loss}."""
     import numpy as np
@@ -202,6 +295,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     from pretrain.config import dump_yaml
     from trainer import checkpoint as ckpt
     from trainer.data import PackedStream, PrefetchLoader, load_sources
+    from trainer.metrics import (
+        MetricsLogger,
+        ProgressLine,
+        Throughput,
+        detect_peak_flops,
+        memory_snapshot,
+        mfu,
+    )
     from trainer.model import Transformer
     from trainer.parallelize import all_reduce_mean, init_distributed, parallelize
     from trainer.schedule import torch_lambda
@@ -250,6 +351,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         sources, p0.mixture, p0.seq_len, cfg.data.eos_id, cfg.data.seed, 0, cfg.data.tokenizer_hash
     )
 
+    guard = SpikeGuard(cfg.guard)
+
+    def restore(path: Path) -> dict[str, Any]:
+        meta = ckpt.load_checkpoint(path, model, optimizer)  # model, optimizer, this rank's RNG
+        scheduler.load_state_dict(meta["scheduler"])
+        guard.load_state_dict(meta.get("guard"))
+        return meta
+
     step = 0
     resume_from = ckpt.latest_checkpoint(ckpt_dir) if cfg.resume else None
     if resume_from is not None:
@@ -259,8 +368,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 f"checkpoint {resume_from} was trained on data fingerprint {meta['data_fingerprint'][:16]}, "
                 f"this config gives {fingerprint[:16]}; set allow_data_change=true to resume anyway"
             )
-        meta = ckpt.load_checkpoint(resume_from, model, optimizer)
-        scheduler.load_state_dict(meta["scheduler"])
+        meta = restore(resume_from)
         ds = meta["data_state"]
         ph = timeline.spans[ds["phase"]].config
         stream.set_phase(ds["phase"], ph.mixture, ph.seq_len)
@@ -271,9 +379,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     )
-    metrics = open(run_dir / "metrics.jsonl", "a") if env.is_main else None  # noqa: SIM115
+    metrics = MetricsLogger(run_dir, env.rank, tensorboard=cfg.metrics.tensorboard)
+    progress = ProgressLine(last_step, step, enabled=cfg.metrics.progress and env.is_main)
+    tput = Throughput(cfg.metrics.window)
+    peak_flops = detect_peak_flops(device, "bf16" if device.type == "cuda" else torch.float32)
+    spikes_fired: set[int] = set()
     loader = None
-    skipped, loss_val = 0, float("nan")
+    skipped, rollbacks, loss_val = 0, 0, float("nan")
     try:
         while step < last_step:
             span = timeline.span_at(step)
@@ -293,6 +405,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             t0 = time.perf_counter()
             wait0 = loader.data_wait_s
             batch = next(loader)
+            sample_index = int(batch["index"][0])  # rank 0: first global sample of this step's batch
             ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
             accum = span.grad_accum_steps
             mb = phase.micro_batch_size
@@ -316,39 +429,87 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if hasattr(grad_norm, "full_tensor"):
                 grad_norm = grad_norm.full_tensor()
             loss_val, norm_val = loss_t.item(), grad_norm.item()
+            if step in cfg.debug.spike_steps and step not in spikes_fired:
+                spikes_fired.add(step)
+                loss_val *= 1000.0
             lr = optimizer.param_groups[0]["lr"]
-            ok = math.isfinite(loss_val) and math.isfinite(norm_val)
-            if ok:
-                optimizer.step()
-            else:
-                skipped += 1
+            # Every rank sees the same all-reduced loss and norm, so all take the same branch.
+            skip: Literal[False, "nonfinite", "loss_spike"] = False
+            if not (math.isfinite(loss_val) and math.isfinite(norm_val)):
+                skip = "nonfinite"
                 log.warning(
                     "step %d: non-finite loss=%s grad_norm=%s, skipping the update", step, loss_val, norm_val
                 )
+            elif guard.is_spike(span.index, loss_val):
+                skip = "loss_spike"
+                guard.consecutive += 1
+                log.warning(
+                    "step %d: loss spike %.4g (spike %d in a row), skipping",
+                    step,
+                    loss_val,
+                    guard.consecutive,
+                )
+            else:
+                guard.accept(loss_val)
+            if skip:
+                skipped += 1
+            else:
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            step += 1
+            logged_step, step = step, step + 1
             if cfg.debug.step_sleep_s:
                 time.sleep(cfg.debug.step_sleep_s)
             dt = time.perf_counter() - t0
-            if metrics is not None:
-                rec = {
-                    "step": step - 1,
-                    "phase": phase.name,
-                    "loss": loss_val,
-                    "lr": lr,
-                    "grad_norm": norm_val,
-                    "skipped": not ok,
-                    "tokens": timeline.tokens_at(step),
-                    "tokens_per_s": phase.global_batch_tokens / dt,
-                    "flops_per_token": flops_per_token[phase.seq_len],
-                    "data_wait_s": loader.data_wait_s - wait0,
-                    "step_time_s": dt,
-                }
-                metrics.write(json.dumps(rec) + "\n")
-                metrics.flush()
+            wait = loader.data_wait_s - wait0
+            tput.update(phase.global_batch_tokens, dt, wait)
+            rec = {
+                "phase": phase.name,
+                "loss": loss_val,
+                "lr": lr,
+                "grad_norm": norm_val,
+                "skipped": skip,
+                "tokens": timeline.tokens_at(step),
+                "sample_index": sample_index,
+                "tokens_per_s": tput.tokens_per_s,
+                "mfu": mfu(flops_per_token[phase.seq_len], tput.tokens_per_s, peak_flops, env.world_size),
+                "flops_per_token": flops_per_token[phase.seq_len],
+                "data_wait_s": wait,
+                "data_wait_fraction": tput.data_wait_fraction,
+                "step_time_s": dt,
+            }
+            every_mem = cfg.metrics.memory_every
+            if every_mem and logged_step % every_mem == 0:
+                rec.update(memory_snapshot(device))
+            if skip == "loss_spike" and guard.consecutive >= cfg.guard.max_consecutive_spikes:
+                target = [p for s, p in ckpt.complete_checkpoints(ckpt_dir) if s <= logged_step]
+                if not target:
+                    log.warning(
+                        "step %d: %d spikes in a row but no checkpoint to roll back to",
+                        logged_step,
+                        guard.consecutive,
+                    )
+                    guard.consecutive = 0
+                else:
+                    rollbacks += 1
+                    if rollbacks > cfg.guard.max_rollbacks:
+                        raise RuntimeError(
+                            f"step {logged_step}: loss still spiking after {cfg.guard.max_rollbacks} rollbacks"
+                        )
+                    # The loader is left alone: the steps re-run from the checkpoint on fresh batches.
+                    step = restore(target[-1])["step"]
+                    rec["rollback"] = step
+                    log.warning(
+                        "step %d: rolled back to checkpoint step %d, data continues forward",
+                        logged_step,
+                        step,
+                    )
+            metrics.log(logged_step, **rec)
+            progress.update(step, loss=loss_val, lr=lr, tok_s=tput.tokens_per_s)
             every = cfg.checkpoint.every_steps
-            if step == last_step or (every and step % every == 0):
+            # Re-saving right after a rollback records the forward data position, so a crash now
+            # resumes past the spiking batches instead of replaying them.
+            if step == last_step or (every and step % every == 0) or "rollback" in rec:
                 meta = {
                     "scheduler": scheduler.state_dict(),
                     "data_state": loader.state_dict(),
@@ -356,6 +517,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     "phase_name": phase.name,
                     "world_size": env.world_size,
                     "data_fingerprint": fingerprint,
+                    "guard": guard.state_dict(),
                     "config": to_dict(cfg),
                 }
                 ckpt.save_checkpoint(
@@ -370,7 +532,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     finally:
         if loader is not None:
             loader.close()
-        if metrics is not None:
-            metrics.close()
+        metrics.close()
+        progress.close()
         torch.use_deterministic_algorithms(was_deterministic)  # train() may run inside a larger process
     return {"last_step": step, "skipped_steps": skipped, "final_loss": loss_val}
