@@ -3,6 +3,7 @@ checkpoint atomicity and retention. Tiny model, tiny curriculum: each run takes 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -245,7 +246,21 @@ def _cli(config: Path, *overrides: str, nproc: int = 1) -> list[str]:
     if nproc == 1:
         return [sys.executable, "-m", "trainer", "train", "--config", str(config), *overrides]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    return [*launcher, "-m", "trainer", "train", "--config", str(config), *overrides]
+    # torch's TCPStore (torchrun's rendezvous) listens on every interface whatever host it is given,
+    # so multi-process runs go into a private network namespace that has nothing but loopback.
+    if not _private_netns_ok():
+        pytest.skip("needs `unshare --net` to keep torchrun's rendezvous off non-loopback interfaces")
+    netns = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
+    return [*netns, *launcher, "-m", "trainer", "train", "--config", str(config), *overrides]
+
+
+@functools.cache
+def _private_netns_ok() -> bool:
+    probe = ["unshare", "--net", "sh", "-c", "ip link set lo up"]
+    try:
+        return subprocess.run(probe, capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def _env() -> dict[str, str]:

@@ -42,7 +42,10 @@ def _rank() -> int:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """RNG states as tensors and plain values only, so loading needs no pickle (weights_only=True)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -50,7 +53,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -153,5 +157,5 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     rng_file = path / f"rng_rank{_rank()}.pt"
     if not rng_file.exists():  # world size grew since the save: rank 0's state is the best guess
         rng_file = path / "rng_rank0.pt"
-    set_rng_state(torch.load(rng_file, weights_only=False))
+    set_rng_state(torch.load(rng_file, weights_only=True))
     return read_meta(path)
