@@ -68,7 +68,7 @@ def _maybe_crash(unit_name: str, num_rows_done: int) -> None:
         os._exit(137)
 
 
-class _Tally:
+class RejectTally:
     """Counts per stage and reason, plus a few example rejects per reason."""
 
     def __init__(self, num_examples: int):
@@ -98,7 +98,7 @@ def run_chain(unit: InputUnit, cfg, out_dir: str, fingerprint: dict) -> dict[str
     t0 = time.perf_counter()
     out = Path(out_dir)
     stages = _build_stages(cfg)
-    tally = _Tally(cfg.num_example_rejects)
+    tally = RejectTally(cfg.num_example_rejects)
     num_parts = cfg.exact_dedup.num_partitions
     hashes: dict[int, list] = defaultdict(list)
     num_in = num_kept = 0
@@ -174,7 +174,7 @@ def run_chain(unit: InputUnit, cfg, out_dir: str, fingerprint: dict) -> dict[str
         "rejects": rej_entry,
         "num_hash_rows": sum(e["rows"] for e in hash_entries),
         "seconds": round(time.perf_counter() - t0, 3),
-        "outputs": _outputs(out, chain_w.path, rej_w.path, *hash_paths),
+        "outputs": output_sizes(out, chain_w.path, rej_w.path, *hash_paths),
         **tally.as_dict(),
     }
     write_json(out / "_work" / "chain" / f"{unit.name}.done.json", record)
@@ -222,7 +222,7 @@ def dedup_partition(p: int, unit_names: list[str], out_dir: str, fingerprint: st
         "num_rows": table.num_rows,
         "num_dups": num_dups,
         "dups": entry,
-        "outputs": _outputs(out, dup_path),
+        "outputs": output_sizes(out, dup_path),
     }
     write_json(out / "_work" / "dups" / f"p={p:05d}.done.json", record)
     return record
@@ -234,7 +234,7 @@ def filter_shard(
     reject_path: Path,
     stage: str,
     drop: dict[int, tuple[Reject, dict]],
-    tally: _Tally,
+    tally: RejectTally,
     batch_rows: int,
     key_column: str | None = None,
 ) -> tuple[dict, dict, int]:
@@ -280,7 +280,7 @@ def finalize_shard(unit_name: str, cfg, out_dir: str, fingerprint: str) -> dict[
                 out / "_work" / "dups" / f"p={p:05d}.parquet", filters=[("shard", "=", unit_name)]
             )
             dup_of.update(zip(t.column("ord").to_pylist(), t.column("survivor_id").to_pylist()))
-    tally = _Tally(cfg.num_example_rejects)
+    tally = RejectTally(cfg.num_example_rejects)
     drop = {o: (Reject("exact_duplicate", sid), {"duplicate_of": sid}) for o, sid in dup_of.items()}
     shard_entry, rej_entry, num_in = filter_shard(
         out / "_work" / "chain" / f"{unit_name}.parquet",
@@ -302,7 +302,7 @@ def finalize_shard(unit_name: str, cfg, out_dir: str, fingerprint: str) -> dict[
         "shard": shard_entry,
         "rejects": rej_entry,
         "seconds": round(time.perf_counter() - t0, 3),
-        "outputs": _outputs(
+        "outputs": output_sizes(
             out, out / "shards" / f"{unit_name}.parquet", out / "rejects" / f"{unit_name}.exact_dedup.parquet"
         ),
         **tally.as_dict(),
@@ -311,7 +311,8 @@ def finalize_shard(unit_name: str, cfg, out_dir: str, fingerprint: str) -> dict[
     return record
 
 
-def _outputs(out: Path, *paths: Path) -> dict[str, int]:
+def output_sizes(out: Path, *paths: Path) -> dict[str, int]:
+    """The `outputs` of a done record: path (relative to the stage dir) -> size, checked on resume."""
     return {str(p.relative_to(out)): p.stat().st_size for p in paths}
 
 

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from data_pipeline.document import Reject
 from data_pipeline.minhash.components import partition_of
+from data_pipeline.tasks import output_sizes
 from pretrain.shards import write_json, write_table
 
 LAYOUT_VERSION = 2  # bump when a step's files change shape, so old _work records are not reused
@@ -51,12 +52,8 @@ def node_ids(shard_index: int, num_rows: int) -> np.ndarray:
     return (np.int64(shard_index) << np.int64(32)) | np.arange(num_rows, dtype=np.int64)
 
 
-def _outputs(out: Path, *paths: Path) -> dict[str, int]:
-    return {str(p.relative_to(out)): p.stat().st_size for p in paths}
-
-
 def _done(out: Path, done_path: Path, record: dict, *paths: Path) -> dict:
-    record["outputs"] = _outputs(out, *paths)
+    record["outputs"] = output_sizes(out, *paths)
     write_json(done_path, record)
     return record
 
@@ -302,7 +299,7 @@ def finalize_shard(
     out_dir: str,
     fingerprint: Any,
 ) -> dict:
-    from data_pipeline.tasks import _Tally, filter_shard
+    from data_pipeline.tasks import RejectTally, filter_shard
 
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -318,7 +315,7 @@ def finalize_shard(
             r.column("cluster_size").to_pylist(),
         ):
             gone[node & 0xFFFFFFFF] = (cid, sid, size)
-    tally = _Tally(num_examples)
+    tally = RejectTally(num_examples)
     drop = {
         row: (
             Reject("near_duplicate", sid),
