@@ -1,0 +1,56 @@
+"""`pretrain train --config X [key=value ...] [--dry-run]` (also `python -m trainer train ...`).
+
+Multi-process: `torchrun --standalone --nproc_per_node 2 -m trainer train --config X parallel=ddp`.
+--dry-run validates the config, prints it resolved and the curriculum timeline, and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file with a TrainConfig")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and timeline, then exit")
+    p.add_argument(
+        "overrides", nargs="*", help="dotted overrides, e.g. parallel=ddp curriculum.phases.1.seq_len=64"
+    )
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pretrain.config import dump_yaml, load_config
+    from trainer.schedule import Timeline
+    from trainer.train import TrainConfig, train
+
+    logging.getLogger().setLevel(logging.INFO)
+    cfg = load_config(TrainConfig, args.config, args.overrides)  # ConfigError -> exit 2 in dispatch
+    if args.dry_run:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        timeline = Timeline.build(cfg.curriculum.phases, cfg.curriculum.schedule, world_size)
+        print(dump_yaml(cfg))
+        print(timeline.describe())
+        return 0
+    summary = train(cfg)
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    print(summary)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pretrain.cli import dispatch
+
+    parser = argparse.ArgumentParser(prog="python -m trainer")
+    sub = parser.add_subparsers(dest="command", required=True)
+    configure(sub.add_parser("train", help="train or resume a model"))
+    return dispatch(parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
