@@ -5,10 +5,9 @@
 
 Both sides train the same trainer/model.py model (same init) with AdamW and clip 1.0:
 - minimal: random token batches already on the device; forward, backward, clip, step. No framework.
-- ours: `OurLoop.step` = batches from trainer/data.py `PrefetchLoader` over token shards written to
-  a temp dir, LambdaLR from trainer/schedule.py `torch_lambda`, `Throughput`, `MetricsLogger`
-  (a JSONL row per step, so a loss/grad-norm sync per step), memory snapshot and progress line.
-  When the full trainer lands, replace OurLoop.step with its step function; the harness is shared.
+- ours: `trainer.train.Trainer.step()`, the step `pretrain train` runs: batches from the
+  prefetching loader over token shards written to a temp dir, the curriculum's LR schedule, NaN and
+  spike guards (a loss/grad-norm sync per step), a metrics.jsonl row per step, memory snapshots.
 
 Warmup steps run untimed; then short timed rounds alternate minimal/ours, so load from other
 processes and thermal drift hit both sides alike, and each side reports its median round. On a GPU: bf16 autocast, fused AdamW, torch.compile (--no-compile to
@@ -33,18 +32,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pretrain.token_shards import write_token_manifest, write_token_shard  # noqa: E402
-from trainer.data import PackedStream, PrefetchLoader, load_sources  # noqa: E402
-from trainer.metrics import (  # noqa: E402
-    MetricsLogger,
-    ProgressLine,
-    Throughput,
-    detect_peak_flops,
-    measure_matmul_flops,
-    memory_snapshot,
-    mfu,
-)
+from trainer.metrics import measure_matmul_flops, memory_snapshot, mfu  # noqa: E402
 from trainer.model import Transformer, preset  # noqa: E402
-from trainer.schedule import PhaseConfig, ScheduleConfig, Timeline, torch_lambda  # noqa: E402
+from trainer.schedule import CurriculumConfig, PhaseConfig, ScheduleConfig  # noqa: E402
+from trainer.train import CheckpointConfig, DataConfig, MetricsConfig  # noqa: E402
 
 EOS = 0
 
@@ -104,69 +95,54 @@ def write_shards(root: Path, vocab: int, num_docs: int = 64, seed: int = 0) -> N
 
 
 class OurLoop:
-    """Our per-step machinery around the same model: loader, schedule, throughput, metrics, memory."""
+    """The real trainer: `trainer.train.Trainer.step()`, exactly what `pretrain train` runs per step
+    (prefetching loader over token shards, LR schedule, guards, metrics.jsonl row, progress line,
+    memory snapshot every 10 steps), on a one-phase curriculum over shards written to a temp dir."""
 
     def __init__(self, args: argparse.Namespace, device: torch.device, work: Path, total_steps: int):
-        self.device = device
-        self.model, self.opt = build_model(args, device)
-        cfg = unwrap(self.model).cfg
-        write_shards(work / "tok", cfg.vocab_size)
-        weights = {"web": 0.7, "code": 0.3}
-        stream = PackedStream(
-            load_sources([work / "tok"], "bench"), weights, args.seq_len, EOS, seed=1, tokenizer_hash="bench"
-        )
-        self.loader = PrefetchLoader(stream, global_batch=args.batch_size)
+        from trainer.train import TrainConfig, Trainer
+
+        vocab = preset(args.preset).vocab_size
+        write_shards(work / "tok", vocab)
         batch_tokens = args.batch_size * args.seq_len
         phase = PhaseConfig(
             name="bench",
-            num_tokens=total_steps * batch_tokens,
-            mixture=weights,
+            num_tokens=(total_steps + 1) * batch_tokens,  # never reaches the end: no final checkpoint
+            mixture={"web": 0.7, "code": 0.3},
             seq_len=args.seq_len,
             global_batch_tokens=batch_tokens,
             micro_batch_size=args.batch_size,
             lr_max=args.lr,
         )
-        timeline = Timeline.build([phase], ScheduleConfig(warmup_steps=max(1, total_steps // 10)))
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, torch_lambda(timeline))
-        self.throughput = Throughput(window=20)
-        self.logger = MetricsLogger(work / "run", rank=0, tensorboard=False)
-        self.progress = ProgressLine(total_steps, enabled=False)
-        self.flops_per_token = unwrap(self.model).flops_per_token(args.seq_len)
-        self.peak = detect_peak_flops(device, "bf16")
-        self.batch_tokens = batch_tokens
+        cfg = TrainConfig(
+            run_dir=str(work / "run"),
+            data=DataConfig(
+                sources={"web": str(work / "tok"), "code": str(work / "tok")}, tokenizer_hash="bench"
+            ),
+            model=args.preset,
+            model_overrides={"max_seq_len": max(args.seq_len, 512)},
+            curriculum=CurriculumConfig(
+                phases=[phase], schedule=ScheduleConfig(warmup_steps=max(1, total_steps // 10))
+            ),
+            device=device.type,
+            compile=args.compile,
+            checkpoint=CheckpointConfig(every_steps=0),
+            metrics=MetricsConfig(progress=False),
+        )
+        self.trainer = Trainer(cfg)
+        self.model = self.trainer.fwd
+        self.flops_per_token = self.trainer.flops_per_token[args.seq_len]
+        self.peak = self.trainer.peak_flops
+
+    @property
+    def data_wait_fraction(self) -> float:
+        return self.trainer.tput.data_wait_fraction
 
     def step(self, i: int) -> None:
-        t0, wait0 = time.perf_counter(), self.loader.data_wait_s
-        batch = next(self.loader)
-        x = batch["input_ids"].to(self.device, non_blocking=True)
-        y = batch["labels"].to(self.device, non_blocking=True)
-        with autocast(self.device):
-            _, loss = self.model(x, y)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.opt.step()
-        lr = self.sched.get_last_lr()[0]
-        self.sched.step()
-        self.opt.zero_grad(set_to_none=True)
-        loss_value = loss.item()  # the per-step sync any real trainer pays to log and guard the loss
-        self.throughput.update(self.batch_tokens, time.perf_counter() - t0, self.loader.data_wait_s - wait0)
-        tps = self.throughput.tokens_per_s
-        self.logger.log(
-            i,
-            loss=loss_value,
-            lr=lr,
-            grad_norm=grad_norm,
-            tokens_per_s=tps,
-            data_wait=self.throughput.data_wait_fraction,
-            mfu=mfu(self.flops_per_token, tps, self.peak),
-            **memory_snapshot(self.device),
-        )
-        self.progress.update(i + 1, loss=loss_value)
+        self.trainer.step()
 
     def close(self) -> None:
-        self.loader.close()
-        self.logger.close()
-        self.progress.close()
+        self.trainer.close()
 
 
 def sync(device: torch.device) -> None:
@@ -221,7 +197,7 @@ def main() -> None:
         best = {k: statistics.median(v) for k, v in rates.items()}
         for label, v in rates.items():
             print(f"  {label:8s} tokens/s per round: {' '.join(f'{x:.0f}' for x in v)}", flush=True)
-        data_wait = ours.throughput.data_wait_fraction
+        data_wait = ours.data_wait_fraction
         mem = memory_snapshot(device)
         ours.close()
 

@@ -206,3 +206,22 @@ def test_prefetch_loader_matches_stream_and_resumes_exactly(corpus):
     assert torch.equal(ids, want[:, :-1]) and torch.equal(labels, want[:, 1:])
     assert [i for b in got for i in b["index"].tolist()] == [s.index for s in ref_rank1]
     assert loader.data_wait_s >= 0.0 and resumed.data_wait_s > 0.0
+
+
+def test_shards_with_appended_eos_give_the_same_stream(tmp_path, corpus):
+    """The tokenizer's encoder stores each doc as ids + [EOS] and says so (appends_eos): the
+    reader then inserts no separator, and the packed samples equal those of EOS-less shards."""
+    root, _ = corpus
+    rng = np.random.default_rng(0)
+    entries = []
+    for i, source in enumerate(["web", "web", "code", "web", "code"]):
+        docs = [rng.integers(1, VOCAB, size=int(rng.integers(1, 40))) for _ in range(60)]
+        docs = [np.append(d, EOS) for d in docs]
+        entries.append({**write_token_shard(tmp_path / f"{i:05d}.arrow", docs, VOCAB), "source": source})
+    write_token_manifest(tmp_path, tokenizer_hash="tok-1", shards=entries, appends_eos=True, eos_id=EOS)
+    plain, with_eos = _stream(root), _stream(tmp_path)
+    assert with_eos.sources["web"].epoch_tokens == plain.sources["web"].epoch_tokens
+    for _ in range(40):  # well past one epoch of "code"
+        a, b = plain.next_global_batch(8), with_eos.next_global_batch(8)
+        assert [_key(x) for x in a] == [_key(x) for x in b]
+        assert [x.doc_starts.tolist() for x in a] == [x.doc_starts.tolist() for x in b]

@@ -45,7 +45,9 @@ def _name_key(name: str) -> int:
 class TokenSource:
     """One mixture source: token shards in manifest order, read as an endless shuffled doc stream."""
 
-    def __init__(self, name: str, shards: list[TokenShard], sha256s: list[str]):
+    def __init__(self, name: str, shards: list[TokenShard], sha256s: list[str], appends_eos: bool = False):
+        """`appends_eos`: the shards already end every document with EOS (the tokenizer's encoder
+        writes them so), so the reader inserts none; otherwise one EOS follows each document."""
         if not shards:
             raise ValueError(f"source {name!r} has no token shards")
         self.name = name
@@ -57,7 +59,8 @@ class TokenSource:
         self.num_tokens = int(self.doc_lens.sum())
         if self.num_docs == 0:
             raise ValueError(f"source {name!r} has no documents")
-        self.epoch_tokens = self.num_tokens + self.num_docs  # each doc plus its EOS
+        self.sep = 0 if appends_eos else 1  # separator tokens the reader inserts after a document
+        self.epoch_tokens = self.num_tokens + self.sep * self.num_docs
         self._epochs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _epoch(self, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +70,7 @@ class TokenSource:
                 np.random.PCG64(np.random.SeedSequence([seed, _name_key(self.name), epoch]))
             )
             perm = rng.permutation(self.num_docs)
-            ends = np.cumsum(self.doc_lens[perm] + 1)
+            ends = np.cumsum(self.doc_lens[perm] + self.sep)
             if len(self._epochs) >= 2:  # a sample spans at most two epochs
                 self._epochs.pop(min(self._epochs))
             self._epochs[epoch] = (perm, ends)
@@ -110,18 +113,24 @@ def load_sources(
     """
     shards: dict[str, list[TokenShard]] = {}
     sha: dict[str, list[str]] = {}
+    appends: dict[str, bool] = {}
     for d in manifest_dirs:
         manifest = read_token_manifest(d)
         if tokenizer_hash is not None:
             check_tokenizer(manifest, tokenizer_hash)
+        flag = bool(manifest.raw.get("appends_eos", False))
         for entry in manifest.shards:
+            if appends.setdefault(entry["source"], flag) != flag:
+                raise ValueError(
+                    f"source {entry['source']!r} mixes manifests with and without appended EOS ({d})"
+                )
             shards.setdefault(entry["source"], []).append(open_token_shard(manifest.shard_path(entry)))
             sha.setdefault(entry["source"], []).append(entry["sha256"])
     wanted = sorted(shards) if names is None else list(names)
     missing = [n for n in wanted if n not in shards]
     if missing:
         raise KeyError(f"sources {missing} not found in manifests; have {sorted(shards)}")
-    return {n: TokenSource(n, shards[n], sha[n]) for n in wanted}
+    return {n: TokenSource(n, shards[n], sha[n], appends_eos=appends[n]) for n in wanted}
 
 
 def data_fingerprint(

@@ -42,10 +42,13 @@ class DataConfig:
 
     sources: dict[str, str] = field(default_factory=dict)
     """Source name -> token-shard manifest directory (several names may share one directory)."""
+    tokenizer_dir: str | None = None
+    """Tokenizer directory (`pretrain tokenizer train --out`): sets tokenizer_hash and eos_id from
+    it, and eval/export find the tokenizer through it."""
     tokenizer_hash: str | None = None
-    """Refuse shards made by another tokenizer; null skips the check."""
+    """Refuse shards made by another tokenizer; null skips the check (set from tokenizer_dir)."""
     eos_id: int = 0
-    """Separator token written between packed documents."""
+    """Separator token written between packed documents (set from tokenizer_dir)."""
     seed: int = 0
     """Seed of the document shuffles and mixture draws (the global sample order)."""
     prefetch: int = 4
@@ -53,6 +56,17 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check(len(self.sources) > 0, "sources", self.sources, "at least one source: name -> manifest dir")
+        if self.tokenizer_dir is not None:
+            from tokenizer.bpe import load_tokenizer
+
+            tok = load_tokenizer(self.tokenizer_dir)
+            check(
+                self.tokenizer_hash in (None, tok.hash),
+                "tokenizer_hash",
+                self.tokenizer_hash,
+                f"null or the hash of {self.tokenizer_dir} ({tok.hash})",
+            )
+            self.tokenizer_hash, self.eos_id = tok.hash, tok.eos_id
         check(self.eos_id >= 0, "eos_id", self.eos_id, ">= 0")
         check(self.prefetch >= 1, "prefetch", self.prefetch, ">= 1")
 
@@ -286,253 +300,319 @@ class SpikeGuard:
             self.phase, self.consecutive = state["phase"], state["consecutive"]
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) training; returns a summary {last_step, skipped_steps, final_loss}."""
-    import numpy as np
-    import torch
-    from torch.optim.lr_scheduler import LambdaLR
+class Trainer:
+    """One run's state; `step()` is one optimizer step (the unit bench/train_throughput.py times).
 
-    from pretrain.config import dump_yaml
-    from trainer import checkpoint as ckpt
-    from trainer.data import PackedStream, PrefetchLoader, load_sources
-    from trainer.metrics import (
-        MetricsLogger,
-        ProgressLine,
-        Throughput,
-        detect_peak_flops,
-        memory_snapshot,
-        mfu,
-    )
-    from trainer.model import Transformer
-    from trainer.parallelize import all_reduce_mean, init_distributed, parallelize
-    from trainer.schedule import torch_lambda
+    trainer = Trainer(cfg)      # builds model/optimizer/data, resumes from the newest checkpoint
+    while not trainer.done:
+        trainer.step()          # -> the metrics row it logged
+    trainer.close()
+    """
 
-    device = resolve_device(cfg)
-    env = init_distributed(device.type)
-    run_dir = Path(cfg.run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    if device.type == "cpu":  # on GPU it would need CUBLAS_WORKSPACE_CONFIG and slower kernels
-        torch.use_deterministic_algorithms(True)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    def __init__(self, cfg: TrainConfig):
+        import numpy as np
+        import torch
+        from torch.optim.lr_scheduler import LambdaLR
 
-    timeline = Timeline.build(cfg.curriculum.phases, cfg.curriculum.schedule, env.world_size)
-    last_step = min(cfg.max_steps or timeline.total_steps, timeline.total_steps)
+        from pretrain.config import dump_yaml
+        from trainer import checkpoint as ckpt
+        from trainer.data import PackedStream, load_sources
+        from trainer.metrics import MetricsLogger, ProgressLine, Throughput, detect_peak_flops
+        from trainer.model import Transformer
+        from trainer.parallelize import init_distributed, parallelize
+        from trainer.schedule import torch_lambda
 
-    # Meta device then materialise: no wasted CPU init for big models, same seeded init everywhere.
-    mcfg = cfg.model_config()
-    with torch.device("meta"):
-        model = Transformer(mcfg)
-    model.to_empty(device=device)
-    torch.manual_seed(cfg.seed)
-    model.init_weights()
-    flops_per_token = {p.seq_len: model.flops_per_token(p.seq_len) for p in cfg.curriculum.phases}
-    model = parallelize(model, cfg.parallel, device, cfg.activation_checkpointing)
-    fwd = torch.compile(model) if cfg.compile else model
-    optimizer = torch.optim.AdamW(
-        _param_groups(model),
-        lr=timeline.peak_lr,
-        betas=tuple(cfg.optim.betas),
-        eps=cfg.optim.eps,
-        weight_decay=cfg.optim.weight_decay,
-        fused=device.type == "cuda",
-    )
-    scheduler = LambdaLR(optimizer, torch_lambda(timeline))
+        self.cfg = cfg
+        self.device = device = resolve_device(cfg)
+        self.env = env = init_distributed(device.type)
+        self.run_dir = Path(cfg.run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        if env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        self._was_deterministic = torch.are_deterministic_algorithms_enabled()
+        if device.type == "cpu":  # on GPU it would need CUBLAS_WORKSPACE_CONFIG and slower kernels
+            torch.use_deterministic_algorithms(True)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
 
-    sources = load_sources(sorted(set(cfg.data.sources.values())), cfg.data.tokenizer_hash, cfg.data.sources)
-    fingerprint = data_fingerprint_of(cfg, sources)
-    p0 = timeline.spans[0].config
-    stream = PackedStream(
-        sources, p0.mixture, p0.seq_len, cfg.data.eos_id, cfg.data.seed, 0, cfg.data.tokenizer_hash
-    )
+        self.timeline = timeline = Timeline.build(
+            cfg.curriculum.phases, cfg.curriculum.schedule, env.world_size
+        )
+        self.last_step = min(cfg.max_steps or timeline.total_steps, timeline.total_steps)
 
-    guard = SpikeGuard(cfg.guard)
+        # Meta device then materialise: no wasted CPU init for big models, same seeded init everywhere.
+        mcfg = cfg.model_config()
+        with torch.device("meta"):
+            model = Transformer(mcfg)
+        model.to_empty(device=device)
+        torch.manual_seed(cfg.seed)
+        model.init_weights()
+        self.flops_per_token = {p.seq_len: model.flops_per_token(p.seq_len) for p in cfg.curriculum.phases}
+        self.model = model = parallelize(model, cfg.parallel, device, cfg.activation_checkpointing)
+        self.fwd = torch.compile(model) if cfg.compile else model
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(model),
+            lr=timeline.peak_lr,
+            betas=tuple(cfg.optim.betas),
+            eps=cfg.optim.eps,
+            weight_decay=cfg.optim.weight_decay,
+            fused=device.type == "cuda",
+        )
+        self.scheduler = LambdaLR(self.optimizer, torch_lambda(timeline))
 
-    def restore(path: Path) -> dict[str, Any]:
-        meta = ckpt.load_checkpoint(path, model, optimizer)  # model, optimizer, this rank's RNG
-        scheduler.load_state_dict(meta["scheduler"])
-        guard.load_state_dict(meta.get("guard"))
+        sources = load_sources(
+            sorted(set(cfg.data.sources.values())), cfg.data.tokenizer_hash, cfg.data.sources
+        )
+        self.fingerprint = data_fingerprint_of(cfg, sources)
+        p0 = timeline.spans[0].config
+        self.stream = PackedStream(
+            sources, p0.mixture, p0.seq_len, cfg.data.eos_id, cfg.data.seed, 0, cfg.data.tokenizer_hash
+        )
+        self.guard = SpikeGuard(cfg.guard)
+
+        self.step_num = 0
+        resume_from = ckpt.latest_checkpoint(self.ckpt_dir) if cfg.resume else None
+        if resume_from is not None:
+            meta = ckpt.read_meta(resume_from)
+            if meta["data_fingerprint"] != self.fingerprint and not cfg.allow_data_change:
+                raise ValueError(
+                    f"checkpoint {resume_from} was trained on data fingerprint "
+                    f"{meta['data_fingerprint'][:16]}, this config gives {self.fingerprint[:16]}; "
+                    "set allow_data_change=true to resume anyway"
+                )
+            meta = self._restore(resume_from)
+            ds = meta["data_state"]
+            ph = timeline.spans[ds["phase"]].config
+            self.stream.set_phase(ds["phase"], ph.mixture, ph.seq_len)
+            self.stream.load_state_dict(ds)
+            self.step_num = meta["step"]
+            log.info("resumed from %s at step %d", resume_from, self.step_num)
+
+        self.autocast = (
+            (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+            if device.type == "cuda"
+            else contextlib.nullcontext
+        )
+        self.metrics = MetricsLogger(self.run_dir, env.rank, tensorboard=cfg.metrics.tensorboard)
+        self.progress = ProgressLine(
+            self.last_step, self.step_num, enabled=cfg.metrics.progress and env.is_main
+        )
+        self.tput = Throughput(cfg.metrics.window)
+        self.peak_flops = detect_peak_flops(device, "bf16" if device.type == "cuda" else torch.float32)
+        self.spikes_fired: set[int] = set()
+        self.loader = None
+        self.skipped, self.rollbacks, self.loss_val = 0, 0, float("nan")
+
+    @property
+    def done(self) -> bool:
+        return self.step_num >= self.last_step
+
+    def _restore(self, path: Path) -> dict[str, Any]:
+        from trainer import checkpoint as ckpt
+
+        meta = ckpt.load_checkpoint(path, self.model, self.optimizer)  # model, optimizer, this rank's RNG
+        self.scheduler.load_state_dict(meta["scheduler"])
+        self.guard.load_state_dict(meta.get("guard"))
         return meta
 
-    step = 0
-    resume_from = ckpt.latest_checkpoint(ckpt_dir) if cfg.resume else None
-    if resume_from is not None:
-        meta = ckpt.read_meta(resume_from)
-        if meta["data_fingerprint"] != fingerprint and not cfg.allow_data_change:
-            raise ValueError(
-                f"checkpoint {resume_from} was trained on data fingerprint {meta['data_fingerprint'][:16]}, "
-                f"this config gives {fingerprint[:16]}; set allow_data_change=true to resume anyway"
-            )
-        meta = restore(resume_from)
-        ds = meta["data_state"]
-        ph = timeline.spans[ds["phase"]].config
-        stream.set_phase(ds["phase"], ph.mixture, ph.seq_len)
-        stream.load_state_dict(ds)
-        step = meta["step"]
-        log.info("resumed from %s at step %d", resume_from, step)
+    def _loader_for(self, span) -> Any:
+        """The prefetching loader of this step's phase; rebuilt when the phase or batch changes."""
+        from trainer.data import PrefetchLoader
 
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    )
-    metrics = MetricsLogger(run_dir, env.rank, tensorboard=cfg.metrics.tensorboard)
-    progress = ProgressLine(last_step, step, enabled=cfg.metrics.progress and env.is_main)
-    tput = Throughput(cfg.metrics.window)
-    peak_flops = detect_peak_flops(device, "bf16" if device.type == "cuda" else torch.float32)
-    spikes_fired: set[int] = set()
-    loader = None
-    skipped, rollbacks, loss_val = 0, 0, float("nan")
+        phase = span.config
+        if (
+            self.loader is None
+            or self.stream.phase != span.index
+            or self.loader.global_batch != phase.global_batch_samples
+        ):
+            if self.loader is not None:
+                self.loader.close()
+            if self.stream.phase != span.index:
+                self.stream.set_phase(span.index, phase.mixture, phase.seq_len)
+            self.loader = PrefetchLoader(
+                self.stream,
+                phase.global_batch_samples,
+                self.env.rank,
+                self.env.world_size,
+                self.cfg.data.prefetch,
+            )
+        return self.loader
+
+    def step(self) -> dict[str, Any]:
+        """One optimizer step: batch, accumulation, clip, guards, update, metrics row, checkpoint."""
+        import torch
+
+        from trainer.metrics import memory_snapshot, mfu
+        from trainer.parallelize import all_reduce_mean
+
+        cfg, model, device, step = self.cfg, self.model, self.device, self.step_num
+        span = self.timeline.span_at(step)
+        phase = span.config
+        loader = self._loader_for(span)
+        t0 = time.perf_counter()
+        wait0 = loader.data_wait_s
+        batch = next(loader)
+        sample_index = int(batch["index"][0])  # rank 0: first global sample of this step's batch
+        ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
+        accum = span.grad_accum_steps
+        mb = phase.micro_batch_size
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(accum):
+            sync = micro == accum - 1
+            no_sync = (
+                model.no_sync() if (not sync and hasattr(model, "no_sync")) else contextlib.nullcontext()
+            )
+            if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: reduce-scatter once per step
+                model.set_requires_gradient_sync(sync)
+            with no_sync, self.autocast():
+                _, loss = self.fwd(ids[micro * mb : (micro + 1) * mb], labels[micro * mb : (micro + 1) * mb])
+                if step in cfg.debug.nan_steps:
+                    loss = loss * float("nan")
+                (loss / accum).backward()
+            loss_sum += loss.detach()
+        loss_t = all_reduce_mean(loss_sum / accum)
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        loss_val, norm_val = loss_t.item(), grad_norm.item()
+        if step in cfg.debug.spike_steps and step not in self.spikes_fired:
+            self.spikes_fired.add(step)
+            loss_val *= 1000.0
+        self.loss_val = loss_val
+        lr = self.optimizer.param_groups[0]["lr"]
+        # Every rank sees the same all-reduced loss and norm, so all take the same branch.
+        skip: Literal[False, "nonfinite", "loss_spike"] = False
+        guard = self.guard
+        if not (math.isfinite(loss_val) and math.isfinite(norm_val)):
+            skip = "nonfinite"
+            log.warning(
+                "step %d: non-finite loss=%s grad_norm=%s, skipping the update", step, loss_val, norm_val
+            )
+        elif guard.is_spike(span.index, loss_val):
+            skip = "loss_spike"
+            guard.consecutive += 1
+            log.warning(
+                "step %d: loss spike %.4g (spike %d in a row), skipping", step, loss_val, guard.consecutive
+            )
+        else:
+            guard.accept(loss_val)
+        if skip:
+            self.skipped += 1
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        logged_step = step
+        self.step_num = step = step + 1
+        if cfg.debug.step_sleep_s:
+            time.sleep(cfg.debug.step_sleep_s)
+        dt = time.perf_counter() - t0
+        wait = loader.data_wait_s - wait0
+        self.tput.update(phase.global_batch_tokens, dt, wait)
+        fpt = self.flops_per_token[phase.seq_len]
+        rec = {
+            "phase": phase.name,
+            "loss": loss_val,
+            "lr": lr,
+            "grad_norm": norm_val,
+            "skipped": skip,
+            "tokens": self.timeline.tokens_at(step),
+            "sample_index": sample_index,
+            "tokens_per_s": self.tput.tokens_per_s,
+            "mfu": mfu(fpt, self.tput.tokens_per_s, self.peak_flops, self.env.world_size),
+            "flops_per_token": fpt,
+            "data_wait_s": wait,
+            "data_wait_fraction": self.tput.data_wait_fraction,
+            "step_time_s": dt,
+        }
+        every_mem = cfg.metrics.memory_every
+        if every_mem and logged_step % every_mem == 0:
+            rec.update(memory_snapshot(device))
+        if skip == "loss_spike" and guard.consecutive >= cfg.guard.max_consecutive_spikes:
+            rolled_to = self._rollback(logged_step)
+            if rolled_to is not None:
+                rec["rollback"] = rolled_to
+        self.metrics.log(logged_step, **rec)
+        self.progress.update(self.step_num, loss=loss_val, lr=lr, tok_s=self.tput.tokens_per_s)
+        every = cfg.checkpoint.every_steps
+        # Re-saving right after a rollback records the forward data position, so a crash now
+        # resumes past the spiking batches instead of replaying them.
+        if self.step_num == self.last_step or (every and self.step_num % every == 0) or "rollback" in rec:
+            self.save(span, phase)
+        return rec
+
+    def _rollback(self, logged_step: int) -> int | None:
+        """Restore model/optimizer/scheduler/RNG from the newest checkpoint at or before this step;
+        the loader is left alone, so the steps re-run from the checkpoint on fresh batches.
+        Returns the step rolled back to, or None when there is no checkpoint yet."""
+        from trainer import checkpoint as ckpt
+
+        target = [p for s, p in ckpt.complete_checkpoints(self.ckpt_dir) if s <= logged_step]
+        if not target:
+            log.warning(
+                "step %d: %d spikes in a row but no checkpoint to roll back to",
+                logged_step,
+                self.guard.consecutive,
+            )
+            self.guard.consecutive = 0
+            return None
+        self.rollbacks += 1
+        if self.rollbacks > self.cfg.guard.max_rollbacks:
+            raise RuntimeError(
+                f"step {logged_step}: loss still spiking after {self.cfg.guard.max_rollbacks} rollbacks"
+            )
+        self.step_num = self._restore(target[-1])["step"]
+        log.warning(
+            "step %d: rolled back to checkpoint step %d, data continues forward", logged_step, self.step_num
+        )
+        return self.step_num
+
+    def save(self, span, phase) -> Path:
+        from trainer import checkpoint as ckpt
+
+        meta = {
+            "scheduler": self.scheduler.state_dict(),
+            "data_state": self.loader.state_dict(),
+            "phase": span.index,
+            "phase_name": phase.name,
+            "tokens_seen": self.timeline.tokens_at(self.step_num),
+            "world_size": self.env.world_size,
+            "data_fingerprint": self.fingerprint,
+            "guard": self.guard.state_dict(),
+            "config": to_dict(self.cfg),
+        }
+        return ckpt.save_checkpoint(
+            self.ckpt_dir,
+            self.step_num,
+            self.model,
+            self.optimizer,
+            meta,
+            self.cfg.checkpoint.keep_last,
+            self.cfg.checkpoint.keep_every,
+        )
+
+    def close(self) -> None:
+        import torch
+
+        if self.loader is not None:
+            self.loader.close()
+        self.metrics.close()
+        self.progress.close()
+        torch.use_deterministic_algorithms(self._was_deterministic)  # train() may run inside a larger process
+
+    def summary(self) -> dict[str, Any]:
+        return {"last_step": self.step_num, "skipped_steps": self.skipped, "final_loss": self.loss_val}
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) training; returns a summary {last_step, skipped_steps, final_loss}."""
+    trainer = Trainer(cfg)
     try:
-        while step < last_step:
-            span = timeline.span_at(step)
-            phase = span.config
-            if (
-                loader is None
-                or stream.phase != span.index
-                or loader.global_batch != phase.global_batch_samples
-            ):
-                if loader is not None:
-                    loader.close()
-                if stream.phase != span.index:
-                    stream.set_phase(span.index, phase.mixture, phase.seq_len)
-                loader = PrefetchLoader(
-                    stream, phase.global_batch_samples, env.rank, env.world_size, cfg.data.prefetch
-                )
-            t0 = time.perf_counter()
-            wait0 = loader.data_wait_s
-            batch = next(loader)
-            sample_index = int(batch["index"][0])  # rank 0: first global sample of this step's batch
-            ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
-            accum = span.grad_accum_steps
-            mb = phase.micro_batch_size
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(accum):
-                sync = micro == accum - 1
-                no_sync = (
-                    model.no_sync() if (not sync and hasattr(model, "no_sync")) else contextlib.nullcontext()
-                )
-                if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: reduce-scatter once per step
-                    model.set_requires_gradient_sync(sync)
-                with no_sync, autocast:
-                    _, loss = fwd(ids[micro * mb : (micro + 1) * mb], labels[micro * mb : (micro + 1) * mb])
-                    if step in cfg.debug.nan_steps:
-                        loss = loss * float("nan")
-                    (loss / accum).backward()
-                loss_sum += loss.detach()
-            loss_t = all_reduce_mean(loss_sum / accum)
-            max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-            if hasattr(grad_norm, "full_tensor"):
-                grad_norm = grad_norm.full_tensor()
-            loss_val, norm_val = loss_t.item(), grad_norm.item()
-            if step in cfg.debug.spike_steps and step not in spikes_fired:
-                spikes_fired.add(step)
-                loss_val *= 1000.0
-            lr = optimizer.param_groups[0]["lr"]
-            # Every rank sees the same all-reduced loss and norm, so all take the same branch.
-            skip: Literal[False, "nonfinite", "loss_spike"] = False
-            if not (math.isfinite(loss_val) and math.isfinite(norm_val)):
-                skip = "nonfinite"
-                log.warning(
-                    "step %d: non-finite loss=%s grad_norm=%s, skipping the update", step, loss_val, norm_val
-                )
-            elif guard.is_spike(span.index, loss_val):
-                skip = "loss_spike"
-                guard.consecutive += 1
-                log.warning(
-                    "step %d: loss spike %.4g (spike %d in a row), skipping",
-                    step,
-                    loss_val,
-                    guard.consecutive,
-                )
-            else:
-                guard.accept(loss_val)
-            if skip:
-                skipped += 1
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            logged_step, step = step, step + 1
-            if cfg.debug.step_sleep_s:
-                time.sleep(cfg.debug.step_sleep_s)
-            dt = time.perf_counter() - t0
-            wait = loader.data_wait_s - wait0
-            tput.update(phase.global_batch_tokens, dt, wait)
-            rec = {
-                "phase": phase.name,
-                "loss": loss_val,
-                "lr": lr,
-                "grad_norm": norm_val,
-                "skipped": skip,
-                "tokens": timeline.tokens_at(step),
-                "sample_index": sample_index,
-                "tokens_per_s": tput.tokens_per_s,
-                "mfu": mfu(flops_per_token[phase.seq_len], tput.tokens_per_s, peak_flops, env.world_size),
-                "flops_per_token": flops_per_token[phase.seq_len],
-                "data_wait_s": wait,
-                "data_wait_fraction": tput.data_wait_fraction,
-                "step_time_s": dt,
-            }
-            every_mem = cfg.metrics.memory_every
-            if every_mem and logged_step % every_mem == 0:
-                rec.update(memory_snapshot(device))
-            if skip == "loss_spike" and guard.consecutive >= cfg.guard.max_consecutive_spikes:
-                target = [p for s, p in ckpt.complete_checkpoints(ckpt_dir) if s <= logged_step]
-                if not target:
-                    log.warning(
-                        "step %d: %d spikes in a row but no checkpoint to roll back to",
-                        logged_step,
-                        guard.consecutive,
-                    )
-                    guard.consecutive = 0
-                else:
-                    rollbacks += 1
-                    if rollbacks > cfg.guard.max_rollbacks:
-                        raise RuntimeError(
-                            f"step {logged_step}: loss still spiking after {cfg.guard.max_rollbacks} rollbacks"
-                        )
-                    # The loader is left alone: the steps re-run from the checkpoint on fresh batches.
-                    step = restore(target[-1])["step"]
-                    rec["rollback"] = step
-                    log.warning(
-                        "step %d: rolled back to checkpoint step %d, data continues forward",
-                        logged_step,
-                        step,
-                    )
-            metrics.log(logged_step, **rec)
-            progress.update(step, loss=loss_val, lr=lr, tok_s=tput.tokens_per_s)
-            every = cfg.checkpoint.every_steps
-            # Re-saving right after a rollback records the forward data position, so a crash now
-            # resumes past the spiking batches instead of replaying them.
-            if step == last_step or (every and step % every == 0) or "rollback" in rec:
-                meta = {
-                    "scheduler": scheduler.state_dict(),
-                    "data_state": loader.state_dict(),
-                    "phase": span.index,
-                    "phase_name": phase.name,
-                    "world_size": env.world_size,
-                    "data_fingerprint": fingerprint,
-                    "guard": guard.state_dict(),
-                    "config": to_dict(cfg),
-                }
-                ckpt.save_checkpoint(
-                    ckpt_dir,
-                    step,
-                    model,
-                    optimizer,
-                    meta,
-                    cfg.checkpoint.keep_last,
-                    cfg.checkpoint.keep_every,
-                )
+        while not trainer.done:
+            trainer.step()
     finally:
-        if loader is not None:
-            loader.close()
-        metrics.close()
-        progress.close()
-        torch.use_deterministic_algorithms(was_deterministic)  # train() may run inside a larger process
-    return {"last_step": step, "skipped_steps": skipped, "final_loss": loss_val}
+        trainer.close()
+    return trainer.summary()
