@@ -1,0 +1,91 @@
+"""Held-out split: route each document of a stage directory to train/ or heldout/, per source.
+
+    split_heldout("runs/x/minhash", "runs/x/split", heldout_fraction=0.05, min_per_source=2, seed=0)
+    # -> runs/x/split/train/{shards,manifest.json,stats.json}, runs/x/split/heldout/{...}
+
+Within each source the documents are ranked by sha256(seed, id); the first
+max(min_per_source, round(fraction * n)) are held out (never all of them: at least one stays for
+training). The choice depends only on the ids, the seed and the counts, so it is the same for any
+shard layout or worker count. Each input shard gives one output shard of the same name on each
+side (possibly empty), and stats.json accounts for every document: in = train + heldout.
+pyarrow only (no Ray): the split reads ids, then rewrites shards, both cheap next to the filters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pretrain.shards import DOC_SCHEMA, list_shards, read_table, write_json, write_manifest, write_table
+
+
+def _rank_key(seed: int, doc_id: str) -> bytes:
+    return hashlib.sha256(f"{seed}\x00{doc_id}".encode()).digest()
+
+
+def heldout_ids(
+    ids_by_source: dict[str, list[str]], fraction: float, min_per_source: int, seed: int
+) -> set[str]:
+    """The held-out ids: per source the lowest-ranked k, k = max(min, round(fraction * n)) < n."""
+    out: set[str] = set()
+    for ids in ids_by_source.values():
+        n = len(ids)
+        k = max(min_per_source if n > min_per_source else 0, round(fraction * n))
+        k = min(k, n - 1)
+        if k > 0:
+            out.update(sorted(ids, key=lambda i: _rank_key(seed, i))[:k])
+    return out
+
+
+def split_heldout(
+    input_dir: str | Path, output_dir: str | Path, heldout_fraction: float, min_per_source: int, seed: int
+) -> dict[str, Any]:
+    """Write output_dir/train and output_dir/heldout stage directories; return the stats."""
+    inp, out = Path(input_dir), Path(output_dir)
+    shards = list_shards(inp)
+    if not shards:
+        raise FileNotFoundError(f"no document shards under {inp}/shards")
+    ids_by_source: dict[str, list[str]] = defaultdict(list)
+    for path in shards:
+        t = read_table(path, columns=["id", "source"])
+        for doc_id, source in zip(t["id"].to_pylist(), t["source"].to_pylist()):
+            ids_by_source[source].append(doc_id)
+    dup = [i for i, c in Counter(i for ids in ids_by_source.values() for i in ids).items() if c > 1]
+    if dup:
+        raise ValueError(f"{inp}: document ids must be unique, {len(dup)} repeat (e.g. {dup[0]!r})")
+    held = heldout_ids(ids_by_source, heldout_fraction, min_per_source, seed)
+    held_arr = pa.array(sorted(held), pa.string())
+
+    entries: dict[str, list[dict]] = {"train": [], "heldout": []}
+    counts: dict[str, Counter] = {"in": Counter(), "train": Counter(), "heldout": Counter()}
+    for path in shards:
+        table = read_table(path).select(DOC_SCHEMA.names).cast(DOC_SCHEMA)
+        mask = pc.is_in(table["id"], value_set=held_arr)
+        for side, part in (("heldout", table.filter(mask)), ("train", table.filter(pc.invert(mask)))):
+            (out / side / "shards").mkdir(parents=True, exist_ok=True)
+            entry = write_table(out / side / "shards" / path.name, part, DOC_SCHEMA)
+            entries[side].append({**entry, "input": path.name})
+            counts[side].update(part["source"].to_pylist())
+        counts["in"].update(table["source"].to_pylist())
+    stats = {
+        "heldout_fraction": heldout_fraction,
+        "min_per_source": min_per_source,
+        "seed": seed,
+        "num_in": sum(counts["in"].values()),
+        "num_train": sum(counts["train"].values()),
+        "num_heldout": sum(counts["heldout"].values()),
+        "per_source": {
+            s: {k: counts[k][s] for k in ("in", "train", "heldout")} for s in sorted(counts["in"])
+        },
+    }
+    assert stats["num_in"] == stats["num_train"] + stats["num_heldout"], stats
+    for side in ("train", "heldout"):
+        write_json(out / side / "stats.json", stats)
+        write_manifest(out / side, split=side, shards=entries[side])
+    write_json(out / "stats.json", stats)
+    return stats

@@ -1,0 +1,141 @@
+"""The stages of `pretrain run`: how each one's config is built from RunConfig, how it runs, and
+what digest marks its outputs complete. The work itself lives in the stage's own package; this file
+only connects outputs to inputs.
+
+    corpus -> data -> minhash -> split -> tokenizer -> encode -> train -> eval -> report
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from pretrain.config import from_dict
+from pretrain.run import RunConfig, Stage, json_digest, sha256_of
+from pretrain.shards import file_fingerprint, read_json
+
+
+def _section(cfg: RunConfig, name: str) -> dict[str, Any]:
+    return copy.deepcopy(getattr(cfg, name))
+
+
+def _with_ray(cfg: RunConfig, section: dict[str, Any]) -> dict[str, Any]:
+    section["ray"] = {**cfg.ray, **section.get("ray", {})}
+    section.setdefault("progress", cfg.progress)
+    return section
+
+
+def _stage_dir_digest(d: Path) -> str | None:
+    """sha256 of a stage directory's manifest.json when every shard it lists is on disk."""
+    manifest = d / "manifest.json"
+    if not manifest.exists():
+        return None
+    m = read_json(manifest)
+    for kind in ("shards", "rejects"):
+        for e in m.get(kind, []):
+            p = d / kind / e["path"] if not str(e["path"]).startswith(f"{kind}/") else d / e["path"]
+            if not p.exists() or ("bytes" in e and p.stat().st_size != e["bytes"]):
+                return None
+    return sha256_of(manifest)
+
+
+# corpus -----------------------------------------------------------------------------------------
+def corpus_paths(run) -> list[str]:
+    return list(run.cfg.corpus.input) or [str(run.path("corpus") / "raw")]
+
+
+def _run_corpus(run) -> None:
+    if run.cfg.corpus.input:
+        return
+    from data_pipeline.corpus import generate_corpus
+
+    c = run.cfg.corpus
+    generate_corpus(run.path("corpus"), seed=c.seed, num_base_docs=c.num_base_docs, overwrite=True)
+
+
+def _digest_corpus(run) -> str | None:
+    if not run.cfg.corpus.input:
+        summary = run.path("corpus") / "corpus.json"
+        return sha256_of(summary) if summary.exists() else None
+    files = []
+    for p in run.cfg.corpus.input:
+        root = Path(p)
+        found = sorted(x for x in root.rglob("*") if x.is_file()) if root.is_dir() else sorted(Path().glob(p))
+        files += [(str(x), file_fingerprint(x)) for x in found]
+    return json_digest(files) if files else None
+
+
+# data + minhash -----------------------------------------------------------------------------------
+def pipeline_config(run):
+    from data_pipeline.config import PipelineConfig
+
+    d = _with_ray(run.cfg, _section(run.cfg, "data"))
+    d["input"] = {**d.get("input", {}), "paths": corpus_paths(run)}
+    d["output_dir"] = str(run.path("data"))
+    return from_dict(PipelineConfig, d, "data")
+
+
+def minhash_config(run):
+    from data_pipeline.minhash.dedup import MinHashRunConfig
+
+    d = {"minhash": _section(run.cfg, "minhash")}
+    d = _with_ray(run.cfg, d)
+    d.update(input_dir=str(run.path("data")), output_dir=str(run.path("minhash")))
+    return from_dict(MinHashRunConfig, d, "minhash")
+
+
+def _run_data(run) -> None:
+    from data_pipeline.executor import ensure_ray, run_pipeline
+
+    cfg = pipeline_config(run)
+    ensure_ray(cfg)
+    run_pipeline(cfg)
+
+
+def _run_minhash(run) -> None:
+    from data_pipeline.executor import ensure_ray
+    from data_pipeline.minhash.dedup import run_minhash_dedup
+
+    cfg = minhash_config(run)
+    ensure_ray(cfg)
+    run_minhash_dedup(cfg)
+
+
+# split ------------------------------------------------------------------------------------------
+def _run_split(run) -> None:
+    from data_pipeline.split import split_heldout
+
+    s = run.cfg.split
+    split_heldout(
+        run.path("minhash"), run.path("split"), s.heldout_fraction, s.min_heldout_per_source, s.seed
+    )
+
+
+def _digest_split(run) -> str | None:
+    parts = [_stage_dir_digest(run.path("split") / side) for side in ("train", "heldout")]
+    return None if None in parts else json_digest(parts)
+
+
+def build_stages() -> list[Stage]:
+    return [
+        Stage("corpus", _run_corpus, _digest_corpus, [], lambda c: c.corpus),
+        Stage("data", _run_data, lambda r: _stage_dir_digest(r.path("data")), ["corpus"], lambda c: c.data),
+        Stage(
+            "minhash",
+            _run_minhash,
+            lambda r: _stage_dir_digest(r.path("minhash")),
+            ["data"],
+            lambda c: c.minhash,
+        ),
+        Stage("split", _run_split, _digest_split, ["minhash"], lambda c: c.split),
+    ]
+
+
+def validate(cfg: RunConfig) -> None:
+    """Build every stage's config from `cfg` so a bad field is reported at load, naming its section."""
+    from pretrain.run import Run
+
+    run = Run(cfg)
+    pipeline_config(run)
+    minhash_config(run)
