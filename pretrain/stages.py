@@ -117,6 +117,94 @@ def _digest_split(run) -> str | None:
     return None if None in parts else json_digest(parts)
 
 
+# tokenizer + encode ---------------------------------------------------------------------------------
+def tokenizer_train_config(run):
+    from tokenizer.config import TokenizerTrainConfig
+
+    return from_dict(TokenizerTrainConfig, _section(run.cfg, "tokenizer"), "tokenizer")
+
+
+def encode_config(run):
+    from tokenizer.config import TokenizerEncodeConfig
+
+    return from_dict(TokenizerEncodeConfig, _with_ray(run.cfg, _section(run.cfg, "encode")), "encode")
+
+
+def _run_tokenizer(run) -> None:
+    from tokenizer.train import train_tokenizer
+
+    train_tokenizer(run.path("split") / "train", run.path("tokenizer"), tokenizer_train_config(run))
+
+
+def _digest_tokenizer(run) -> str | None:
+    from tokenizer.bpe import tokenizer_hash
+
+    d = run.path("tokenizer")
+    return tokenizer_hash(d) if (d / "tokenizer.json").exists() and (d / "report.json").exists() else None
+
+
+def _run_encode(run) -> None:
+    from data_pipeline.executor import ensure_ray
+    from tokenizer.encode import run_encode
+
+    cfg = encode_config(run)
+    ensure_ray(cfg)
+    run_encode(run.path("split") / "train", run.path("tokenizer"), run.path("encode"), cfg)
+
+
+def _digest_encode(run) -> str | None:
+    d = run.path("encode")
+    manifest = d / "manifest.json"
+    if not manifest.exists():
+        return None
+    m = read_json(manifest)
+    if not all((d / e["path"]).exists() for e in m["shards"]):
+        return None
+    return sha256_of(manifest)
+
+
+# train ------------------------------------------------------------------------------------------
+def train_config(run, validate_only: bool = False):
+    """TrainConfig for the run: the run's token shards as sources (every source the curriculum
+    names), the run's tokenizer, and the model's vocab sized to the tokenizer (padded to 64)."""
+    from trainer.train import TrainConfig
+
+    d = _section(run.cfg, "train")
+    d["run_dir"] = str(run.path("train"))
+    data = d.setdefault("data", {})
+    phases = d.get("curriculum", {}).get("phases") or []
+    names = sorted({s for p in phases for s in p.get("mixture", {})}) or ["web"]
+    data.setdefault("sources", {n: str(run.path("encode")) for n in names})
+    if not validate_only:
+        from tokenizer.bpe import load_tokenizer
+
+        tok = load_tokenizer(run.path("tokenizer"))
+        data["tokenizer_dir"] = str(run.path("tokenizer"))
+        overrides = d.setdefault("model_overrides", {})
+        overrides.setdefault("vocab_size", -(-tok.vocab_size // 64) * 64)
+    return from_dict(TrainConfig, d, "train")
+
+
+def _run_train(run) -> None:
+    from trainer.train import train
+
+    summary = train(train_config(run))
+    print(f"train: {summary}", flush=True)
+
+
+def _digest_train(run) -> str | None:
+    from trainer.checkpoint import latest_checkpoint
+    from trainer.schedule import Timeline
+
+    cfg = train_config(run)
+    timeline = Timeline.build(cfg.curriculum.phases, cfg.curriculum.schedule, 1)
+    last_step = min(cfg.max_steps or timeline.total_steps, timeline.total_steps)
+    ckpt = latest_checkpoint(Path(cfg.run_dir) / "checkpoints")
+    if ckpt is None or read_json(ckpt / "meta.json")["step"] != last_step:
+        return None
+    return sha256_of(ckpt / "meta.json")
+
+
 def build_stages() -> list[Stage]:
     return [
         Stage("corpus", _run_corpus, _digest_corpus, [], lambda c: c.corpus),
@@ -129,6 +217,9 @@ def build_stages() -> list[Stage]:
             lambda c: c.minhash,
         ),
         Stage("split", _run_split, _digest_split, ["minhash"], lambda c: c.split),
+        Stage("tokenizer", _run_tokenizer, _digest_tokenizer, ["split"], lambda c: c.tokenizer),
+        Stage("encode", _run_encode, _digest_encode, ["split", "tokenizer"], lambda c: c.encode),
+        Stage("train", _run_train, _digest_train, ["encode", "tokenizer"], lambda c: c.train),
     ]
 
 
@@ -139,3 +230,6 @@ def validate(cfg: RunConfig) -> None:
     run = Run(cfg)
     pipeline_config(run)
     minhash_config(run)
+    tokenizer_train_config(run)
+    encode_config(run)
+    train_config(run, validate_only=True)
