@@ -1,4 +1,6 @@
-"""`ray job submit` against a local head (dashboard on 127.0.0.1) runs the data stages, then MinHash."""
+"""infra/README.md's `ray job submit` recipe against a local head (dashboard on 127.0.0.1): the repo as
+working_dir, infra/ray/runtime_env.yaml, and infra/ray/data_stages.sh (clean -> MinHash -> tokenizer
+train -> encode) in one job; every stage's output is checked."""
 
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from pretrain.token_shards import read_token_manifest
 from tests.pipeline_helpers import REPO, read_outputs
+from tokenizer.bpe import load_tokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -72,28 +76,20 @@ def test_ray_job_submit_runs_pipeline(small_corpus, tmp_path):
     )
     try:
         _wait_port(dash, 90)
-        out = tmp_path / "out"
+        out = tmp_path / "runs"
+        minhash_cfg = tmp_path / "minhash.yaml"  # the cluster config's 256 partitions are overkill here
+        minhash_cfg.write_text("minhash: {num_partitions: 4}\nprogress: false\n")
+        # The README's recipe: the repo as working_dir, infra/ray/runtime_env.yaml, the data stages
+        # script; tiny configs through its env variables, this interpreter through PYTHON.
         cmd = [
-            ray_bin,
-            "job",
-            "submit",
-            "--address",
-            f"http://127.0.0.1:{dash}",
-            "--working-dir",
-            str(REPO),
-            "--",
-            sys.executable,
-            "-m",
-            "data_pipeline",
-            "run",
-            "--config",
-            "configs/data_tiny.yaml",
-            f"input.paths=[{small_corpus / 'raw'}]",
-            f"output_dir={out}",
-            "progress=false",
-        ]
+            ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash}",
+            "--working-dir", str(REPO), "--runtime-env", str(REPO / "infra/ray/runtime_env.yaml"), "--",
+            f"PYTHON={sys.executable}", "DATA_CONFIG=configs/data_tiny.yaml",
+            f"MINHASH_CONFIG={minhash_cfg}", "TOKENIZER_CONFIG=configs/tokenizer_tiny.yaml",
+            "bash", "infra/ray/data_stages.sh", str(small_corpus / "raw"), str(out),
+        ]  # fmt: skip
         for _ in range(60):  # the dashboard listens before the head's job agent is ready
-            res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+            res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
             if "No available agent" not in res.stderr:
                 break
             time.sleep(2)
@@ -105,34 +101,20 @@ def test_ray_job_submit_runs_pipeline(small_corpus, tmp_path):
         )
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + agent_log
         assert "succeeded" in res.stdout + res.stderr
-        kept, rejected = read_outputs(out)
+        assert "TOKENIZERS_PARALLELISM=false" in res.stdout  # runtime_env.yaml's env_vars reached the job
+        kept, rejected = read_outputs(out / "data")
         truth = (small_corpus / "truth.jsonl").read_text().count("\n")
         assert len(kept) + len(rejected) == truth and len(kept) > 0
-        # MinHash near-dup removal is its own job over the first job's output.
-        dedup = tmp_path / "dedup"
-        submit = cmd[: cmd.index("--") + 1]
-        res = subprocess.run(
-            [
-                *submit,
-                sys.executable,
-                "-m",
-                "data_pipeline",
-                "minhash",
-                "--input",
-                str(out),
-                "--output",
-                str(dedup),
-                "progress=false",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=400,
-        )
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-        dkept, drejected = read_outputs(dedup)
+        # MinHash ran over the cleaned shards: every document either kept or a near duplicate.
+        dkept, drejected = read_outputs(out / "dedup")
         assert len(dkept) + len(drejected) == len(kept) and len(drejected) > 0
         assert {r["reason"] for r in drejected.values()} == {"near_duplicate"}
+        # The tokenizer trained on the deduplicated shards encoded every surviving document.
+        tok = load_tokenizer(out / "tokenizer")
+        manifest = read_token_manifest(out / "tokens")
+        assert manifest.raw["tokenizer_hash"] == tok.hash
+        assert manifest.raw["num_docs"] == len(dkept)
+        assert set(manifest.raw["sources"]) == {d["source"] for d in dkept.values()}
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
