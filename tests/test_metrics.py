@@ -141,7 +141,7 @@ def test_throughput_window():
 
 def test_memory_snapshot_on_cpu_is_positive():
     snap = memory_snapshot("cpu")
-    assert set(snap) == {"mem_rss_gib", "mem_peak_rss_gib"}
+    assert set(snap) >= {"mem_rss_gib", "mem_peak_rss_gib"}
     assert 0 < snap["mem_rss_gib"] <= snap["mem_peak_rss_gib"] * 1.01
 
 

@@ -186,16 +186,67 @@ class Throughput:
         return min(1.0, sum(w for _, _, w in self._steps) / seconds) if seconds > 0 else 0.0
 
 
-def memory_snapshot(device: Any = "cpu") -> dict[str, float]:
-    """GiB in use: CUDA max allocated/reserved on a GPU, process RSS (current and peak) on CPU."""
+# Device type -> bytes in use when reset_peak_memory() last ran (the training footprint's zero).
+_memory_base: dict[str, int] = {}
+
+
+def _proc_status_kib(field: str) -> int | None:
+    """A `kB` line of /proc/self/status (VmRSS, VmHWM); None where there is no procfs."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_memory(device: Any = "cpu") -> None:
+    """Start a fresh peak and take the current use as the baseline; call just before the model is built.
+
+    memory_snapshot then also reports `mem_peak_above_base_gib`: the peak since this call minus the
+    baseline, i.e. what model, gradients, optimizer states, activations and allocator caching add to
+    a process that already holds Python, torch and the data loader. On CUDA it is max allocated
+    minus allocated at the reset (the CUDA context and the allocator's reserved-but-free cache are
+    excluded). On Linux CPU it is the kernel's resident high-water mark (VmHWM, reset here by
+    writing 5 to /proc/self/clear_refs) minus the resident set at the reset: pages the C allocator
+    keeps after a free still count, and freed memory held since before the reset may be reused
+    without raising it.
+    """
     import torch
 
     device = torch.device(device)
     if device.type == "cuda":
-        return {
+        torch.cuda.reset_peak_memory_stats(device)
+        _memory_base["cuda"] = torch.cuda.memory_allocated(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # no procfs (macOS) or not allowed: the peak then counts from process start
+        pass
+    rss_kib = _proc_status_kib("VmRSS")
+    if rss_kib is not None:
+        _memory_base["cpu"] = rss_kib * 1024
+
+
+def memory_snapshot(device: Any = "cpu") -> dict[str, float]:
+    """GiB in use: CUDA max allocated/reserved on a GPU, process RSS (current and peak) on CPU; plus
+    `mem_peak_above_base_gib` after reset_peak_memory(device) (see there)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        snap = {
             "mem_max_alloc_gib": torch.cuda.max_memory_allocated(device) / 2**30,
             "mem_reserved_gib": torch.cuda.memory_reserved(device) / 2**30,
         }
+        if "cuda" in _memory_base:
+            snap["mem_peak_above_base_gib"] = (
+                torch.cuda.max_memory_allocated(device) - _memory_base["cuda"]
+            ) / 2**30
+        return snap
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     peak = peak_kib / 2**30 if sys.platform == "darwin" else peak_kib / 2**20
     try:
@@ -203,7 +254,11 @@ def memory_snapshot(device: Any = "cpu") -> dict[str, float]:
             rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
     except OSError:
         rss = peak
-    return {"mem_rss_gib": rss, "mem_peak_rss_gib": peak}
+    snap = {"mem_rss_gib": rss, "mem_peak_rss_gib": peak}
+    hwm_kib = _proc_status_kib("VmHWM")
+    if "cpu" in _memory_base and hwm_kib is not None:
+        snap["mem_peak_above_base_gib"] = (hwm_kib * 1024 - _memory_base["cpu"]) / 2**30
+    return snap
 
 
 def _scalar(v: Any) -> Any:

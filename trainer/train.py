@@ -317,7 +317,13 @@ class Trainer:
         from pretrain.config import dump_yaml
         from trainer import checkpoint as ckpt
         from trainer.data import PackedStream, load_sources
-        from trainer.metrics import MetricsLogger, ProgressLine, Throughput, detect_peak_flops
+        from trainer.metrics import (
+            MetricsLogger,
+            ProgressLine,
+            Throughput,
+            detect_peak_flops,
+            reset_peak_memory,
+        )
         from trainer.model import Transformer
         from trainer.parallelize import init_distributed, parallelize
         from trainer.schedule import torch_lambda
@@ -342,6 +348,7 @@ class Trainer:
         )
         self.last_step = min(cfg.max_steps or timeline.total_steps, timeline.total_steps)
 
+        reset_peak_memory(device)  # memory rows then report the peak above this pre-model baseline
         # Meta device then materialise: no wasted CPU init for big models, same seeded init everywhere.
         mcfg = cfg.model_config()
         with torch.device("meta"):
