@@ -65,7 +65,7 @@ def _cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def _run_tasks(
+def run_tasks(
     fn: Callable, jobs: list[tuple[str, tuple]], cfg: PipelineConfig, progress: Progress, phase: str
 ) -> tuple[dict[str, dict], dict[str, str]]:
     """Run `fn(*args)` per job as Ray tasks with at most max_in_flight pending; collect results/errors."""
@@ -98,7 +98,7 @@ def _run_tasks(
     return results, errors
 
 
-def _raise_errors(errors: dict[str, str], phase: str) -> None:
+def raise_errors(errors: dict[str, str], phase: str) -> None:
     if errors:
         lines = "\n".join(f"  {k}: {v}" for k, v in sorted(errors.items()))
         raise PipelineError(
@@ -131,9 +131,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         else:
             jobs.append((u.name, (u, cfg, str(out), fp)))
     progress.start("chain", total=len(units), done=len(units) - len(jobs))
-    results, errors = _run_tasks(run_chain, jobs, cfg, progress, "chain")
+    results, errors = run_tasks(run_chain, jobs, cfg, progress, "chain")
     chain.update(results)
-    _raise_errors(errors, "chain")
+    raise_errors(errors, "chain")
 
     # Phase 2: exact dedup per hash partition (depends on every chain output).
     dedup_fp = config_hash(
@@ -153,9 +153,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             total=cfg.exact_dedup.num_partitions,
             done=cfg.exact_dedup.num_partitions - len(jobs),
         )
-        results, errors = _run_tasks(dedup_partition, jobs, cfg, progress, "exact_dedup")
+        results, errors = run_tasks(dedup_partition, jobs, cfg, progress, "exact_dedup")
         dups.update(results)
-        _raise_errors(errors, "exact_dedup")
+        raise_errors(errors, "exact_dedup")
 
     # Phase 3: finalize each shard.
     final: dict[str, dict] = {}
@@ -168,9 +168,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         else:
             jobs.append((n, (n, cfg, str(out), fp)))
     progress.start("finalize", total=len(names), done=len(names) - len(jobs))
-    results, errors = _run_tasks(finalize_shard, jobs, cfg, progress, "finalize")
+    results, errors = run_tasks(finalize_shard, jobs, cfg, progress, "finalize")
     final.update(results)
-    _raise_errors(errors, "finalize")
+    raise_errors(errors, "finalize")
     progress.stop()
 
     _remove_stale(out, names)

@@ -56,7 +56,7 @@ def partition_of(h: bytes, num_partitions: int) -> int:
     return int.from_bytes(h[:8], "big") % num_partitions
 
 
-def _maybe_crash(unit_name: str, num_rows_done: int) -> None:
+def maybe_crash(unit_name: str, num_rows_done: int) -> None:
     """Fault injection for tests: DATA_PIPELINE_CRASH=<unit name>:<after rows>:<marker file>
     kills this worker process once, mid-shard, like an OOM kill or a lost node would."""
     spec = os.environ.get("DATA_PIPELINE_CRASH")
@@ -145,7 +145,7 @@ def run_chain(unit: InputUnit, cfg, out_dir: str, fingerprint: dict) -> dict[str
             num_in += 1
             if len(batch) >= cfg.batch_rows:
                 flush()
-                _maybe_crash(unit.name, num_in)
+                maybe_crash(unit.name, num_in)
         if batch:
             flush()
         chain_entry = chain_w.close()

@@ -9,7 +9,8 @@ punctuation runs, newlines, spaces) followed by ByteLevel *without* its own rege
 sequence maps to tokens and `decode(encode(x)) == x` for any string. No normalizer (NFC would
 change the text) and no post-processor: BOS/EOS are placed by the encoder, so HF's `encode` and
 ours give the same ids. Special tokens take the first ids: <|bos|>=0, <|eos|>=1, <|pad|>=2, then
-reserved slots.
+reserved slots. Special-token strings inside a text are encoded as plain bytes
+(`split_special_tokens`), so a document cannot smuggle in a control token.
 """
 
 from __future__ import annotations
@@ -29,6 +30,24 @@ SPLIT_PATTERN = (
 )
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 DEFAULT_NUM_RESERVED = 13  # 3 + 13 = 16 special ids, room for chat/FIM tokens later without a retrain
+
+
+def _byte_decoder() -> dict[str, int]:
+    """ByteLevel's printable stand-in character -> the byte it stands for (GPT-2's table)."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    )
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+_BYTE_DECODER = _byte_decoder()
 
 
 def special_tokens(num_reserved: int = DEFAULT_NUM_RESERVED) -> list[str]:
@@ -63,7 +82,9 @@ def train_bpe(texts: Iterable[str], vocab_size: int, num_reserved: int = DEFAULT
     specials = special_tokens(num_reserved)
     min_size = len(specials) + 256
     if vocab_size < min_size:
-        raise ValueError(f"vocab_size={vocab_size} must be >= {min_size} (256 bytes + {len(specials)} specials)")
+        raise ValueError(
+            f"vocab_size={vocab_size} must be >= {min_size} (256 bytes + {len(specials)} specials)"
+        )
     tok = new_tokenizer()
     trainer = tk.trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -91,6 +112,7 @@ def save_tokenizer(tok, out_dir: str | Path, model_max_length: int = 1 << 20) ->
         "add_bos_token": False,
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
+        "split_special_tokens": True,
         "model_max_length": model_max_length,
         "additional_special_tokens": [t.content for t in added if t.content not in (BOS, EOS, PAD)],
     }
@@ -112,6 +134,11 @@ class BPETokenizer:
     tok: object  # tokenizers.Tokenizer
     path: Path
     hash: str
+
+    def __post_init__(self) -> None:
+        # Text that happens to contain "<|eos|>" is encoded as ordinary bytes: control tokens are
+        # placed only by the encoder. tokenizer_config.json says the same to transformers.
+        self.tok.encode_special_tokens = True
 
     @property
     def vocab_size(self) -> int:
@@ -139,7 +166,18 @@ class BPETokenizer:
         return self.tok.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+        # encode_batch_fast (tokenizers >= 0.20) skips the char offsets: same ids, ~20% less CPU.
+        encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)
+        return [e.ids for e in encode(texts, add_special_tokens=False)]
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes one token stands for (a special token: its UTF-8 text)."""
+        token = self.tok.id_to_token(token_id)
+        if token is None:
+            raise KeyError(f"id {token_id} is not in the vocabulary of {self.path} (size {self.vocab_size})")
+        if token_id in self.tok.get_added_tokens_decoder():
+            return token.encode("utf-8")
+        return bytes(_BYTE_DECODER[c] for c in token)
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=False)
@@ -156,7 +194,9 @@ def load_tokenizer(tok_dir: str | Path) -> BPETokenizer:
     tk = _import_tokenizers()
     path = Path(tok_dir) / "tokenizer.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {tok_dir} a tokenizer directory (pretrain tokenizer train)?")
+        raise FileNotFoundError(
+            f"{path} not found: is {tok_dir} a tokenizer directory (pretrain tokenizer train)?"
+        )
     try:
         tok = tk.Tokenizer.from_file(str(path))
     except Exception as e:

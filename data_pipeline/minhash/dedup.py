@@ -103,7 +103,7 @@ def load_minhash_config(
 
 
 def run_minhash_dedup(cfg: MinHashRunConfig) -> dict[str, Any]:
-    from data_pipeline.executor import _raise_errors, _run_tasks
+    from data_pipeline.executor import raise_errors, run_tasks
     from data_pipeline.minhash import steps
     from data_pipeline.minhash.components import components
     from data_pipeline.minhash.lsh import format_s_curve
@@ -138,8 +138,8 @@ def run_minhash_dedup(cfg: MinHashRunConfig) -> dict[str, Any]:
             else:
                 todo.append((key, args))
         progress.start(name, total=len(keyed_jobs), done=len(keyed_jobs) - len(todo))
-        results, errors = _run_tasks(fn, todo, cfg, progress, name)
-        _raise_errors(errors, name)
+        results, errors = run_tasks(fn, todo, cfg, progress, name)
+        raise_errors(errors, name)
         return done | results
 
     scheme = config_hash(
