@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pretrain.config import from_dict
-from pretrain.run import RunConfig, Stage, json_digest, sha256_of
+from pretrain.run import STAGES, RunConfig, Stage, json_digest, sha256_of
 from pretrain.shards import file_fingerprint, read_json
 
 
@@ -185,6 +185,15 @@ def train_config(run, validate_only: bool = False):
     return from_dict(TrainConfig, d, "train")
 
 
+def _train_identity(cfg: RunConfig) -> dict[str, Any]:
+    """The train section minus what cannot change a number (test hooks, console progress), so
+    toggling those never restarts training."""
+    d = _section(cfg, "train")
+    d.pop("debug", None)
+    d.get("metrics", {}).pop("progress", None)
+    return d
+
+
 def _run_train(run) -> None:
     from trainer.train import train
 
@@ -205,6 +214,56 @@ def _digest_train(run) -> str | None:
     return sha256_of(ckpt / "meta.json")
 
 
+# eval + report ------------------------------------------------------------------------------------
+def eval_config(run):
+    from eval.config import EvalConfig
+
+    d = _section(run.cfg, "eval")
+    d.setdefault("heldout", str(run.path("split") / "heldout"))
+    return from_dict(EvalConfig, d, "eval")
+
+
+def _run_eval(run) -> None:
+    """Score every complete checkpoint once (scored ones are skipped), then export the newest."""
+    from eval.export import export_checkpoint
+    from eval.score import score_checkpoint
+    from trainer.checkpoint import complete_checkpoints
+
+    cfg = eval_config(run)
+    ckpts = complete_checkpoints(run.path("train") / "checkpoints")
+    for step, path in ckpts:
+        rows = score_checkpoint(path, out_dir=run.path("eval"), cfg=cfg)
+        bpb = [r["value"] for r in rows if r["task"] == "heldout/all" and r["metric"] == "bits_per_byte"]
+        print(
+            f"eval: step {step} scored ({len(rows)} rows{f', held-out bits/byte {bpb[0]:.3f}' if bpb else ''})"
+        )
+    export_checkpoint(ckpts[-1][1], run.path("eval") / "hf", overwrite=True)
+
+
+def _digest_eval(run) -> str | None:
+    from eval.score import scored_checkpoints
+    from trainer.checkpoint import complete_checkpoints
+
+    results, hf = run.path("eval") / "results.jsonl", run.path("eval") / "hf" / "model.safetensors"
+    names = {p.name for _, p in complete_checkpoints(run.path("train") / "checkpoints")}
+    if not results.exists() or not hf.exists() or not names <= scored_checkpoints(run.path("eval")):
+        return None
+    return json_digest([sha256_of(results), sha256_of(hf)])
+
+
+def _run_report(run) -> None:
+    from pretrain.report import write_run_report
+
+    facts = write_run_report(run.dir)
+    t = facts.get("train", {})
+    print(f"report: {run.path('report') / 'report.md'} (loss {t.get('first_loss')} -> {t.get('final_loss')})")
+
+
+def _digest_report(run) -> str | None:
+    facts = run.path("report") / "facts.json"
+    return sha256_of(facts) if facts.exists() else None
+
+
 def build_stages() -> list[Stage]:
     return [
         Stage("corpus", _run_corpus, _digest_corpus, [], lambda c: c.corpus),
@@ -219,7 +278,9 @@ def build_stages() -> list[Stage]:
         Stage("split", _run_split, _digest_split, ["minhash"], lambda c: c.split),
         Stage("tokenizer", _run_tokenizer, _digest_tokenizer, ["split"], lambda c: c.tokenizer),
         Stage("encode", _run_encode, _digest_encode, ["split", "tokenizer"], lambda c: c.encode),
-        Stage("train", _run_train, _digest_train, ["encode", "tokenizer"], lambda c: c.train),
+        Stage("train", _run_train, _digest_train, ["encode", "tokenizer"], _train_identity),
+        Stage("eval", _run_eval, _digest_eval, ["train", "split"], lambda c: c.eval),
+        Stage("report", _run_report, _digest_report, [s for s in STAGES if s != "report"], lambda c: None),
     ]
 
 
@@ -233,3 +294,4 @@ def validate(cfg: RunConfig) -> None:
     tokenizer_train_config(run)
     encode_config(run)
     train_config(run, validate_only=True)
+    eval_config(run)
