@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: generate the tiny corpus, then run the data pipeline on a
-# local Ray (CPU, loopback only). Rerunning resumes; outputs land in runs/.
+# The main job on the embedded default: `pretrain run` on the generated tiny corpus, local Ray (CPU,
+# loopback only) -> data stages -> MinHash -> held-out split -> tokenizer -> token shards -> two
+# curriculum phases of a tiny model -> eval of every checkpoint + HF export -> runs/tiny/report/.
+# Rerunning resumes (finished stages are skipped); extra arguments are dotted overrides or --from STAGE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
-[ -f runs/corpus/truth.jsonl ] || .venv/bin/pretrain data generate-corpus --out runs/corpus > /dev/null
-.venv/bin/pretrain data run --config configs/data_tiny.yaml "$@"
-# How the run did against the corpus's planted ground truth (fates, PII recall, toxicity P/R).
-.venv/bin/pretrain data score --corpus runs/corpus --run runs/data
+.venv/bin/pretrain run configs/run_tiny.yaml "$@"

@@ -17,66 +17,28 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
-from pretrain.token_shards import write_token_manifest, write_token_shard
+from tests.train_helpers import NETNS, private_netns_ok, tiny_config_dict, write_arith_shards
 from trainer import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-VOCAB = 512
 TOTAL_STEPS = 12
-NETNS = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
-
-
-def _netns_ok() -> bool:
-    try:
-        return subprocess.run([*NETNS[:-1], "true"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
 
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
     """Synthetic token shards (arithmetic runs, learnable) and a tiny 2-phase DDP config."""
-    if not _netns_ok():
+    if not private_netns_ok():
         pytest.skip(
             "`unshare --net` not permitted: torchrun's rendezvous store would listen on every interface"
         )
     root = tmp_path_factory.mktemp("elastic")
-    rng = np.random.default_rng(0)
-    entries = []
-    for i, (source, lo, hi) in enumerate([("web", 1, 300), ("code", 300, 512), ("web", 1, 300)]):
-        docs = []
-        for _ in range(80):
-            start, stride, n = int(rng.integers(lo, hi)), int(rng.integers(1, 4)), int(rng.integers(8, 60))
-            docs.append(lo + (start + stride * np.arange(n)) % (hi - lo))
-        entries.append({**write_token_shard(root / "tok" / f"{i:05d}.arrow", docs, VOCAB), "source": source})
-    write_token_manifest(root / "tok", tokenizer_hash="tok-test", shards=entries)
-    phases = [
-        dict(name="short", num_tokens=6 * 512, mixture={"web": 0.8, "code": 0.2}, seq_len=16,
-             global_batch_tokens=512, micro_batch_size=8, lr_max=3e-3),
-        dict(name="long", num_tokens=6 * 512, mixture={"web": 0.4, "code": 0.6}, seq_len=32,
-             global_batch_tokens=512, micro_batch_size=4, lr_max=3e-3),
-    ]  # fmt: skip
-    cfg = {
-        "run_dir": str(root / "unused"),  # every run passes its own run_dir override
-        "model": "tiny",
-        "model_overrides": {"dim": 64, "num_layers": 2, "vocab_size": VOCAB, "max_seq_len": 64},
-        "curriculum": {"phases": phases, "schedule": {"warmup_steps": 2, "decay_fraction": 0.3}},
-        "data": {
-            "sources": {"web": str(root / "tok"), "code": str(root / "tok")},
-            "tokenizer_hash": "tok-test",
-        },
-        "checkpoint": {"every_steps": 4, "keep_last": 2},
-        "parallel": "ddp",
-        "seed": 7,
-        "device": "cpu",
-        "metrics": {"progress": False},
-    }
+    cfg = tiny_config_dict(write_arith_shards(root / "tok"), root / "unused", parallel="ddp")
+    cfg["data"].pop("seed")  # the seed this test's reference losses were taken with
     path = root / "train.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -119,7 +119,9 @@ def _started(run_dir: Path, stage: str) -> bool:
 
 def _ckpt_steps(run_dir: Path) -> list[int]:
     root = run_dir / "train" / "checkpoints"
-    return sorted(int(p.name[5:]) for p in root.glob("step_*") if p.name[5:].isdigit() and (p / "meta.json").exists())
+    return sorted(
+        int(p.name[5:]) for p in root.glob("step_*") if p.name[5:].isdigit() and (p / "meta.json").exists()
+    )
 
 
 def test_killed_at_five_points_resumes_to_the_same_results(small_reference, tmp_path):

@@ -3,7 +3,6 @@ checkpoint atomicity and retention. Tiny model, tiny curriculum: each run takes 
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
@@ -17,67 +16,23 @@ import pytest
 import yaml
 
 from pretrain.config import ConfigError, load_config, to_dict
-from pretrain.token_shards import write_token_manifest, write_token_shard
+from tests.train_helpers import NETNS, VOCAB, private_netns_ok, tiny_config_dict, write_arith_shards
 from trainer import checkpoint as ckpt
 from trainer.train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parent.parent
-VOCAB = 512
 TOTAL_STEPS = 12  # phase "short": steps 0-5, phase "long": steps 6-11
-
-
-def _docs(rng, n: int, lo: int, hi: int) -> list[np.ndarray]:
-    """Documents with learnable structure: runs of an arithmetic progression mod a band of ids."""
-    out = []
-    for _ in range(n):
-        length = int(rng.integers(8, 60))
-        start, stride = int(rng.integers(lo, hi)), int(rng.integers(1, 4))
-        out.append(lo + (start + stride * np.arange(length)) % (hi - lo))
-    return out
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tok")
-    rng = np.random.default_rng(0)
-    entries = []
-    for i, (source, lo, hi) in enumerate([("web", 1, 300), ("code", 300, 512), ("web", 1, 300)]):
-        entry = write_token_shard(root / f"{i:05d}.arrow", _docs(rng, 80, lo, hi), VOCAB)
-        entries.append({**entry, "source": source})
-    write_token_manifest(root, tokenizer_hash="tok-test", shards=entries)
-    return root
-
-
-def _config_dict(shards: Path, run_dir: Path, **top) -> dict:
-    phases = [
-        dict(name="short", num_tokens=6 * 512, mixture={"web": 0.8, "code": 0.2}, seq_len=16,
-             global_batch_tokens=512, micro_batch_size=8, lr_max=3e-3),
-        dict(name="long", num_tokens=6 * 512, mixture={"web": 0.4, "code": 0.6}, seq_len=32,
-             global_batch_tokens=512, micro_batch_size=4, lr_max=3e-3),
-    ]  # fmt: skip
-    cfg = {
-        "run_dir": str(run_dir),
-        "model": "tiny",
-        "model_overrides": {"dim": 64, "num_layers": 2, "vocab_size": VOCAB, "max_seq_len": 64},
-        "curriculum": {"phases": phases, "schedule": {"warmup_steps": 2, "decay_fraction": 0.3}},
-        "data": {
-            "sources": {"web": str(shards), "code": str(shards)},
-            "tokenizer_hash": "tok-test",
-            "seed": 3,
-        },
-        "checkpoint": {"every_steps": 4, "keep_last": 2},
-        "seed": 7,
-        "device": "cpu",
-        "metrics": {"progress": False},
-    }
-    cfg.update(top)
-    return cfg
+    return write_arith_shards(tmp_path_factory.mktemp("tok"))
 
 
 def _cfg(shards: Path, run_dir: Path, overrides: list[str] = (), **top) -> TrainConfig:
     path = run_dir.parent / f"{run_dir.name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(_config_dict(shards, run_dir, **top)))
+    path.write_text(yaml.safe_dump(tiny_config_dict(shards, run_dir, **top)))
     return load_config(TrainConfig, path, list(overrides))
 
 
@@ -246,21 +201,9 @@ def _cli(config: Path, *overrides: str, nproc: int = 1) -> list[str]:
     if nproc == 1:
         return [sys.executable, "-m", "trainer", "train", "--config", str(config), *overrides]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    # torch's TCPStore (torchrun's rendezvous) listens on every interface whatever host it is given,
-    # so multi-process runs go into a private network namespace that has nothing but loopback.
-    if not _private_netns_ok():
+    if not private_netns_ok():
         pytest.skip("needs `unshare --net` to keep torchrun's rendezvous off non-loopback interfaces")
-    netns = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
-    return [*netns, *launcher, "-m", "trainer", "train", "--config", str(config), *overrides]
-
-
-@functools.cache
-def _private_netns_ok() -> bool:
-    probe = ["unshare", "--net", "sh", "-c", "ip link set lo up"]
-    try:
-        return subprocess.run(probe, capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+    return [*NETNS, *launcher, "-m", "trainer", "train", "--config", str(config), *overrides]
 
 
 def _env() -> dict[str, str]:
