@@ -64,14 +64,26 @@ def _document_flow(run: Path) -> tuple[list[list[Any]], dict[str, Any]]:
     return rows, totals
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    _pyplot().close(fig)
+    return path
+
+
 def _plot_training(metrics: list[dict[str, Any]], out: Path) -> Path | None:
     if not metrics:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     tokens = [m["tokens"] for m in metrics]
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     ax1.plot(tokens, [m["loss"] for m in metrics], lw=1)
@@ -84,31 +96,19 @@ def _plot_training(metrics: list[dict[str, Any]], out: Path) -> Path | None:
             for ax in (ax1, ax2):
                 ax.axvline(prev["tokens"], color="gray", ls="--", lw=0.8)
             ax1.annotate(cur["phase"], (prev["tokens"], ax1.get_ylim()[1]), fontsize=8, va="top")
-    fig.tight_layout()
-    path = out / "training.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "training.png")
 
 
 def _plot_clusters(hist: dict[str, int], out: Path) -> Path | None:
     if not hist:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     sizes = sorted(hist, key=int)
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.bar([str(s) for s in sizes], [hist[s] for s in sizes])
     ax.set_xlabel("near-duplicate cluster size (documents)")
     ax.set_ylabel("clusters")
-    fig.tight_layout()
-    path = out / "dedup_clusters.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "dedup_clusters.png")
 
 
 def build_report(run_dir: str | Path) -> tuple[list[Block], dict[str, Any]]:

@@ -34,7 +34,7 @@ def _stage_dir_digest(d: Path) -> str | None:
     m = read_json(manifest)
     for kind in ("shards", "rejects"):
         for e in m.get(kind, []):
-            p = d / kind / e["path"] if not str(e["path"]).startswith(f"{kind}/") else d / e["path"]
+            p = d / kind / e["path"]
             if not p.exists() or ("bytes" in e and p.stat().st_size != e["bytes"]):
                 return None
     return sha256_of(manifest)

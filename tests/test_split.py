@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pyarrow as pa
+import pytest
 
 from data_pipeline.split import heldout_ids, split_heldout
 from pretrain.shards import DOC_SCHEMA, list_shards, read_table, write_manifest, write_table
@@ -62,8 +63,6 @@ def test_split_is_independent_of_shard_layout_and_seeded(tmp_path):
 
 
 def test_split_refuses_repeated_ids(tmp_path):
-    import pytest
-
     src = _stage(tmp_path / "in", [DOCS[:3], DOCS[:1]])
     with pytest.raises(ValueError, match="ids must be unique"):
         split_heldout(src, tmp_path / "out", 0.1, 1, seed=0)
