@@ -186,10 +186,12 @@ def train_config(run, validate_only: bool = False):
 
 
 def _train_identity(cfg: RunConfig) -> dict[str, Any]:
-    """The train section minus what cannot change a number (test hooks, console progress), so
-    toggling those never restarts training."""
+    """The train section minus what cannot change a number beyond fp32 reduction order (test
+    hooks, console progress, local process count), so toggling those never restarts training: a
+    changed nproc resumes from the newest checkpoint in the new world size."""
     d = _section(cfg, "train")
     d.pop("debug", None)
+    d.pop("nproc", None)
     d.get("metrics", {}).pop("progress", None)
     return d
 

@@ -159,6 +159,25 @@ def test_rerun_skips_and_from_redoes_a_stage(small_reference, tmp_path):
     assert "eval: inputs or config changed" in res.stdout and "train: up to date" in res.stdout
 
 
+def test_train_stage_in_two_local_processes(small_reference, tmp_path):
+    """train.nproc=2: the train stage starts two DDP ranks (trainer/launch.py) over the same token
+    shards; losses equal one process's within fp32 reduction order, and no upstream stage reruns."""
+    import shutil
+
+    from pretrain.report import metrics_by_step
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(small_reference, run_dir)
+    res = _run(run_dir, *SMALL, "train.nproc=2", "train.parallel=ddp", "--from", "train", "--until", "train")
+    assert "[7/9] train: running" in res.stdout and "encode: up to date" in res.stdout, res.stdout
+    got = [m["loss"] for m in metrics_by_step(run_dir / "train" / "metrics.jsonl")]
+    want = [m["loss"] for m in metrics_by_step(small_reference / "train" / "metrics.jsonl")]
+    assert len(got) == len(want) == 24
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    ckpts = sorted((run_dir / "train" / "checkpoints").glob("step_*/meta.json"))
+    assert json.loads(ckpts[-1].read_text())["world_size"] == 2
+
+
 def test_default_run_smoke(tmp_path):
     """The README's main command on the embedded default, asserting the report's key facts."""
     run_dir = tmp_path / "tiny"

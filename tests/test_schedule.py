@@ -64,15 +64,26 @@ def test_grad_accum_derived_from_world_size(world_size, accum_a, accum_b):
     assert [s.grad_accum_steps for s in tl.spans] == [accum_a, accum_b]
     for s in tl.spans:  # the global batch is the same whatever the world size
         c = s.config
-        assert s.grad_accum_steps * c.micro_batch_size * world_size * c.seq_len == c.global_batch_tokens
+        assert s.grad_accum_steps * s.micro_batch * world_size * c.seq_len == c.global_batch_tokens
 
 
-def test_grad_accum_not_divisible_names_fields_and_world_size():
+@pytest.mark.parametrize(
+    ("world_size", "micro", "accum"), [(1, 4, 4), (2, 4, 2), (4, 4, 1), (8, 2, 1), (16, 1, 1)]
+)
+def test_micro_batch_is_the_largest_divisor_of_the_rank_share_within_the_bound(world_size, micro, accum):
+    """16 samples per step, micro_batch_size 6: the same config runs on 1 to 16 ranks."""
+    p = phase(global_batch_tokens=1_600, micro_batch_size=6)
+    assert p.micro_batch(world_size) == (micro, accum)
+    span = Timeline.build([p], ScheduleConfig(), world_size).spans[0]
+    assert (span.micro_batch, span.grad_accum_steps) == (micro, accum)
+
+
+def test_batch_not_divisible_by_world_size_names_fields_and_world_size():
     with pytest.raises(ConfigError) as e:
         Timeline.build(two_phases(), ScheduleConfig(), world_size=3)
     msg = str(e.value)
     assert msg.startswith("phases[0] (a).global_batch_tokens=1600")
-    for needle in ("seq_len", "16 samples", "micro_batch_size=2", "world_size=3"):
+    for needle in ("seq_len", "16 samples", "world_size=3"):
         assert needle in msg
 
 

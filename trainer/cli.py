@@ -1,6 +1,7 @@
 """`pretrain train --config X [key=value ...] [--dry-run]` (also `python -m trainer train ...`).
 
-Multi-process: `torchrun --standalone --nproc_per_node 2 -m trainer train --config X parallel=ddp`.
+Multi-process on this machine: `pretrain train --config X nproc=2 parallel=ddp` (trainer/launch.py);
+across nodes: torchrun (infra/slurm, infra/k8s).
 --dry-run validates the config, prints it resolved and the curriculum timeline, and exits.
 """
 
@@ -34,12 +35,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(dump_yaml(cfg))
         print(timeline.describe())
         return 0
-    summary = train(cfg)
     import torch.distributed as dist
+
+    from trainer.launch import INIT_ENV, LaunchError
+
+    try:
+        summary = train(cfg)
+    except LaunchError as e:  # a local rank died: say which, and where its log is
+        print(f"train: {e}", file=sys.stderr)
+        return 1
 
     if dist.is_initialized():
         dist.destroy_process_group()
-    print(summary)
+    if not os.environ.get(INIT_ENV):  # a rank of a local launch: the launcher prints it once
+        print(summary)
     return 0
 
 

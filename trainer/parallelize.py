@@ -33,10 +33,18 @@ class DistEnv:
 
 
 def init_distributed(device_type: str) -> DistEnv:
-    """Join torchrun's process group when launched by it; a no-op in a plain process."""
+    """Join the process group when launched by torchrun (env:// rendezvous) or by trainer/launch.py
+    (a file:// rendezvous in PRETRAIN_DIST_INIT); a no-op in a plain process."""
+    from trainer.launch import INIT_ENV
+
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group(
+            backend="nccl" if device_type == "cuda" else "gloo",
+            init_method=os.environ.get(INIT_ENV, "env://"),
+            rank=int(os.environ["RANK"]),
+            world_size=world_size,
+        )
     rank = dist.get_rank() if dist.is_initialized() else 0
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device_type == "cuda":

@@ -6,8 +6,10 @@
     sched = LambdaLR(opt, torch_lambda(timeline))   # opt built with lr=timeline.peak_lr
 
 Each phase is a run of whole global batches: its `num_tokens` is rounded DOWN to a multiple of
-`global_batch_tokens` (the dropped remainder is reported). Gradient accumulation is derived:
-global_batch_tokens // seq_len samples = micro_batch_size * world_size * grad_accum_steps.
+`global_batch_tokens` (the dropped remainder is reported). The micro-batch and gradient
+accumulation are derived per world size: each rank takes global_batch_tokens // seq_len //
+world_size samples per step, in micro-batches of the largest divisor of that share not above
+`micro_batch_size`. So one config runs on 1, 2 or 8 ranks with the same global batch.
 
 LR: one global schedule shape (a multiplier in [0, 1]) laid over the whole run in token units,
 times the peak LR of the phase the step is in:
@@ -52,7 +54,8 @@ class PhaseConfig:
     global_batch_tokens: int
     """Tokens per optimizer step over all ranks; a multiple of seq_len."""
     micro_batch_size: int
-    """Samples per device per forward/backward; accumulation steps are derived from it."""
+    """At most this many samples per device per forward/backward (the memory bound): the largest
+    divisor of the rank's share of the global batch not above it is used, and accumulation follows."""
     lr_max: float = 3e-4
     """Peak LR of this phase's segment: the global schedule shape is scaled by it."""
     lr_ramp_tokens: int = 0
@@ -95,17 +98,19 @@ class PhaseConfig:
     def global_batch_samples(self) -> int:
         return self.global_batch_tokens // self.seq_len
 
-    def grad_accum_steps(self, world_size: int) -> int:
-        """Micro-steps per optimizer step on each rank; the batch must split exactly."""
-        per_micro_step = self.micro_batch_size * world_size
+    def micro_batch(self, world_size: int) -> tuple[int, int]:
+        """(samples per micro-batch, micro-steps per optimizer step) on each of `world_size` ranks:
+        the rank's share must be whole; the micro-batch is its largest divisor <= micro_batch_size."""
         check(
-            self.global_batch_samples % per_micro_step == 0,
+            self.global_batch_samples % world_size == 0,
             "global_batch_tokens",
             self.global_batch_tokens,
             f"global_batch_tokens // seq_len = {self.global_batch_samples} samples divisible by "
-            f"micro_batch_size={self.micro_batch_size} * world_size={world_size} = {per_micro_step}",
+            f"world_size={world_size}",
         )
-        return self.global_batch_samples // per_micro_step
+        share = self.global_batch_samples // world_size
+        micro = next(m for m in range(min(self.micro_batch_size, share), 0, -1) if share % m == 0)
+        return micro, share // micro
 
 
 @dataclass
@@ -163,6 +168,7 @@ class PhaseSpan:
     start_step: int
     end_step: int
     start_token: int
+    micro_batch: int
     grad_accum_steps: int
     num_tokens_dropped: int
 
@@ -206,7 +212,7 @@ class Timeline:
         spans, step, token = [], 0, 0
         for i, phase in enumerate(phases):
             try:
-                accum = phase.grad_accum_steps(world_size)
+                micro, accum = phase.micro_batch(world_size)
             except ConfigError as e:
                 raise ConfigError(f"phases[{i}] ({phase.name}).{e}") from None
             num_steps = phase.num_tokens // phase.global_batch_tokens
@@ -219,7 +225,7 @@ class Timeline:
                     num_steps,
                     dropped,
                 )
-            spans.append(PhaseSpan(i, phase, step, step + num_steps, token, accum, dropped))
+            spans.append(PhaseSpan(i, phase, step, step + num_steps, token, micro, accum, dropped))
             step += num_steps
             token += num_steps * phase.global_batch_tokens
         timeline = cls(spans, schedule, world_size)
@@ -323,7 +329,7 @@ class Timeline:
                     str(c.seq_len),
                     f"{c.global_batch_tokens:,}",
                     str(c.global_batch_samples),
-                    str(c.micro_batch_size),
+                    str(sp.micro_batch),
                     str(sp.grad_accum_steps),
                     f"{self.lr_at(sp.start_step):.3e}",
                     f"{self.lr_at(sp.end_step - 1):.3e}",

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import statistics
 import time
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pretrain.config import check, to_dict
+from pretrain.config import ConfigError, check, to_dict
 from trainer.schedule import CurriculumConfig, Timeline, default_tiny_curriculum
 
 log = logging.getLogger(__name__)
@@ -184,7 +185,10 @@ class TrainConfig:
     curriculum: CurriculumConfig = field(default_factory=default_tiny_curriculum)
     """Phases and LR schedule."""
     parallel: Literal["none", "ddp", "fsdp2"] = "none"
-    """Data parallelism under torchrun; ignored (plain module) in a single process."""
+    """Data parallelism under torchrun or nproc > 1; ignored (plain module) in a single process."""
+    nproc: int = 1
+    """Processes to start on this machine (one per GPU; trainer/launch.py, loopback only). Ignored
+    under torchrun, which sets the world itself. Losses match one process within fp32 tolerance."""
     activation_checkpointing: bool = False
     """Recompute each block in the backward pass to save memory."""
     grad_clip: float = 1.0
@@ -217,6 +221,13 @@ class TrainConfig:
 
         check(bool(self.run_dir), "run_dir", self.run_dir, "a directory path")
         check(self.grad_clip >= 0, "grad_clip", self.grad_clip, ">= 0")
+        check(self.nproc >= 1, "nproc", self.nproc, ">= 1")
+        check(
+            self.nproc == 1 or self.parallel != "none",
+            "parallel",
+            self.parallel,
+            f"ddp or fsdp2 with nproc={self.nproc} (none would train unsynchronised copies)",
+        )
         check(self.max_steps is None or self.max_steps > 0, "max_steps", self.max_steps, "> 0 or null")
         preset(self.model, **self.model_overrides)  # validates the name and the overrides now
         unknown = {s for p in self.curriculum.phases for s in p.mixture} - set(self.data.sources)
@@ -331,6 +342,11 @@ class Trainer:
         self.cfg = cfg
         self.device = device = resolve_device(cfg)
         self.env = env = init_distributed(device.type)
+        if env.world_size > 1 and cfg.parallel == "none":
+            raise ConfigError(
+                f"parallel: none in a world of {env.world_size} processes would train unsynchronised "
+                "copies; set parallel=ddp or parallel=fsdp2"
+            )
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         if env.is_main:
@@ -464,7 +480,7 @@ class Trainer:
         sample_index = int(batch["index"][0])  # rank 0: first global sample of this step's batch
         ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
         accum = span.grad_accum_steps
-        mb = phase.micro_batch_size
+        mb = span.micro_batch
         loss_sum = torch.zeros((), device=device)
         for micro in range(accum):
             sync = micro == accum - 1
@@ -615,11 +631,19 @@ class Trainer:
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) training; returns a summary {last_step, skipped_steps, final_loss}."""
+    """Run (or resume) training; returns a summary {last_step, skipped_steps, final_loss}. With
+    nproc > 1 outside torchrun, starts that many local processes (trainer/launch.py) instead."""
+    from trainer import launch
+
+    if cfg.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch.launch_local(cfg)
     trainer = Trainer(cfg)
     try:
         while not trainer.done:
             trainer.step()
     finally:
         trainer.close()
-    return trainer.summary()
+    summary = trainer.summary()
+    if trainer.env.is_main and os.environ.get(launch.INIT_ENV):
+        launch.write_summary(cfg.run_dir, summary)
+    return summary

@@ -1,0 +1,221 @@
+"""`nproc=2`: the trainer starts its own local ranks (trainer/launch.py) with a file rendezvous and
+gloo on loopback; no network namespace needed, because nothing listens beyond 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pretrain.config import ConfigError, load_config
+from tests.pipeline_helpers import REPO
+from tests.train_helpers import tiny_config_dict, write_arith_shards
+from trainer import checkpoint as ckpt
+from trainer.train import TrainConfig
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+TOTAL_STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return write_arith_shards(tmp_path_factory.mktemp("launch") / "tok")
+
+
+def _config(shards: Path, run_dir: Path, **top) -> Path:
+    path = run_dir.parent / f"{run_dir.name}.yaml"
+    path.write_text(yaml.safe_dump(tiny_config_dict(shards, run_dir, **top)))
+    return path
+
+
+def _cmd(config: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "trainer", "train", "--config", str(config), *overrides]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    return env | {"PYTHONPATH": str(REPO)}
+
+
+def _losses(run_dir: Path) -> list[float]:
+    last = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        last[rec["step"]] = rec["loss"]  # a resumed run re-logs the steps after its checkpoint
+    assert sorted(last) == list(range(TOTAL_STEPS)), sorted(last)
+    return [last[s] for s in range(TOTAL_STEPS)]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue  # exited meanwhile
+    return out
+
+
+def _rank_of(pid: int) -> int | None:
+    try:
+        env = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for var in env:
+        if var.startswith(b"RANK="):
+            return int(var[5:])
+    return None
+
+
+def _listening(pids: list[int]) -> list[str]:
+    """Local addresses of the TCP sockets in LISTEN state that `pids` hold ('127.0.0.1:port', ...)."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in (Path("/proc") / str(pid) / "fd").iterdir():
+                link = os.readlink(fd)
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        except OSError:
+            continue
+    found = []
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        for row in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            cols = row.split()
+            if cols[3] == "0A" and cols[9] in inodes:  # 0A: TCP_LISTEN
+                addr, port = cols[1].split(":")
+                raw = bytes.fromhex(addr)
+                if width == 8:
+                    host = ".".join(str(b) for b in raw[::-1])
+                else:  # four little-endian 32-bit words
+                    host = ":".join(raw[i : i + 4][::-1].hex() for i in range(0, 16, 4))
+                found.append(f"{host}:{int(port, 16)}")
+    return found
+
+
+# 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104, as _listening writes them
+LOOPBACK = ("127.", "00000000:00000000:00000000:00000001:", "00000000:00000000:0000ffff:7f")
+
+
+@pytest.fixture(scope="module")
+def straight(shards, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("straight") / "run"
+    subprocess.run(_cmd(_config(shards, run)), env=_env(), cwd=REPO, check=True, capture_output=True)
+    return run
+
+
+@pytest.fixture(scope="module")
+def launched(shards, tmp_path_factory) -> tuple[Path, list[str], str]:
+    """An uninterrupted nproc=2 DDP run, with the listening sockets its ranks held mid-run."""
+    run = tmp_path_factory.mktemp("launched") / "run"
+    proc = subprocess.Popen(
+        _cmd(_config(shards, run, nproc=2, parallel="ddp"), "debug.step_sleep_s=0.3"),
+        env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    seen: list[str] = []
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    while proc.poll() is None and time.time() < deadline:  # the ranks train and sync meanwhile
+        seen += _listening([proc.pid, *_children(proc.pid)])
+        time.sleep(0.2)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, out[-3000:]
+    return run, seen, out
+
+
+def test_two_local_ranks_match_one_process(launched, straight):
+    run, _, out = launched
+    np.testing.assert_allclose(_losses(run), _losses(straight), rtol=1e-5)
+    assert out.count("'last_step': 12") == 1, out  # the launcher prints rank 0's summary once
+    meta = json.loads((ckpt.latest_checkpoint(run / "checkpoints") / ckpt.META).read_text())
+    assert meta["world_size"] == 2
+    assert [p.name for p in (run / "launch").iterdir() if p.name.startswith("store")] == []
+
+
+def test_ranks_listen_on_loopback_only(launched):
+    _, seen, _ = launched
+    assert seen, "gloo's pair listeners were never seen: the check looked at nothing"
+    assert all(_is_loopback(a) for a in seen), sorted(set(seen))
+
+
+def test_killed_rank_fails_the_launch_and_rerun_resumes_exactly(shards, launched, tmp_path):
+    reference, _, _ = launched
+    run = tmp_path / "run"
+    config = _config(shards, run, nproc=2, parallel="ddp")
+    proc = subprocess.Popen(
+        _cmd(config, "debug.step_sleep_s=0.4"),
+        env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while ckpt.latest_checkpoint(run / "checkpoints") is None:
+            assert proc.poll() is None and time.time() < deadline, "no checkpoint before the run ended"
+            time.sleep(0.05)
+        ranks = {_rank_of(p): p for p in _children(proc.pid)}
+        os.kill(ranks[1], signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    assert "trainer rank 1 of 2 exited with code -9" in err and "rank1.log" in err, err[-2000:]
+    assert not Path(f"/proc/{ranks[0]}").exists()  # the launcher stopped and reaped rank 0
+    killed_at = ckpt.complete_checkpoints(run / "checkpoints")[-1][0]
+    assert killed_at < TOTAL_STEPS
+    res = subprocess.run(_cmd(config), env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert _losses(run) == _losses(reference)  # exact: same world size, deterministic fp32 gloo
+
+
+def test_nproc_needs_a_data_parallel_mode(shards, tmp_path):
+    with pytest.raises(ConfigError, match="unsynchronised"):
+        load_config(TrainConfig, _config(shards, tmp_path / "r", nproc=2))
+
+
+def _is_loopback(addr: str) -> bool:
+    return addr.startswith(LOOPBACK)
+
+
+def test_listening_sockets_are_read_with_their_addresses():
+    """The loopback check above can fail: it finds a listener by its inode and decodes its address
+    (checked on loopback sockets only; no test listens beyond loopback)."""
+    import socket
+
+    with socket.socket() as v4, socket.socket(socket.AF_INET6) as v6:
+        v4.bind(("127.0.0.1", 0))
+        v6.bind(("::1", 0))
+        v4.listen()
+        v6.listen()
+        seen = _listening([os.getpid()])
+        want = [
+            f"127.0.0.1:{v4.getsockname()[1]}",
+            f"00000000:00000000:00000000:00000001:{v6.getsockname()[1]}",
+        ]
+    assert sorted(seen) == sorted(want)
+    assert all(_is_loopback(a) for a in seen)
+    assert not any(
+        _is_loopback(a) for a in ["0.0.0.0:29500", "10.0.0.5:29500", "00000000:00000000:00000000:00000000:1"]
+    )
+
+
+def test_batch_that_cannot_split_fails_before_any_rank_starts(shards, tmp_path):
+    run = tmp_path / "r"
+    config = _config(shards, run, nproc=3, parallel="ddp")  # 32 and 16 samples per step
+    res = subprocess.run(_cmd(config), env=_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert "config error: phases[0] (short).global_batch_tokens=512" in res.stderr
+    assert "world_size=3" in res.stderr and not (run / "launch").exists()
