@@ -269,6 +269,45 @@ def filter_shard(
         raise
 
 
+def filter_unit(
+    unit: str,
+    fingerprint: Any,
+    t0: float,
+    src: Path,
+    out: Path,
+    shard_path: Path,
+    reject_path: Path,
+    done_path: Path,
+    stage: str,
+    drop: dict[int, tuple[Reject, dict]],
+    tally: RejectTally,
+    batch_rows: int,
+    key_column: str | None = None,
+    count_in: bool = True,
+) -> dict[str, Any]:
+    """The last step of a dedup stage for one unit: `filter_shard`, then the unit's done record
+    (counts, shard and reject entries, the tally, output sizes for resume) written to `done_path`.
+    `count_in` False leaves `stage` out of the tally's stage_in (a disabled step)."""
+    shard_entry, rej_entry, num_in = filter_shard(
+        src, shard_path, reject_path, stage, drop, tally, batch_rows, key_column
+    )
+    if count_in:
+        tally.stage_in[stage] = num_in
+    record = {
+        "unit": unit,
+        "fingerprint": fingerprint,
+        "num_in": num_in,
+        "num_kept": shard_entry["rows"],
+        "shard": shard_entry,
+        "rejects": rej_entry,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "outputs": output_sizes(out, shard_path, reject_path),
+        **tally.as_dict(),
+    }
+    write_json(done_path, record)
+    return record
+
+
 def finalize_shard(unit_name: str, cfg, out_dir: str, fingerprint: str) -> dict[str, Any]:
     """Write shards/<unit>.parquet: the chain output minus exact duplicates (rejected with survivor)."""
     t0 = time.perf_counter()
@@ -282,33 +321,22 @@ def finalize_shard(unit_name: str, cfg, out_dir: str, fingerprint: str) -> dict[
             dup_of.update(zip(t.column("ord").to_pylist(), t.column("survivor_id").to_pylist()))
     tally = RejectTally(cfg.num_example_rejects)
     drop = {o: (Reject("exact_duplicate", sid), {"duplicate_of": sid}) for o, sid in dup_of.items()}
-    shard_entry, rej_entry, num_in = filter_shard(
+    return filter_unit(
+        unit_name,
+        fingerprint,
+        t0,
         out / "_work" / "chain" / f"{unit_name}.parquet",
+        out,
         out / "shards" / f"{unit_name}.parquet",
         out / "rejects" / f"{unit_name}.exact_dedup.parquet",
+        out / "_work" / "final" / f"{unit_name}.done.json",
         "exact_dedup",
         drop,
         tally,
         cfg.batch_rows,
         key_column="_ord",
+        count_in=cfg.exact_dedup.enabled,
     )
-    if cfg.exact_dedup.enabled:
-        tally.stage_in["exact_dedup"] = num_in
-    record = {
-        "unit": unit_name,
-        "fingerprint": fingerprint,
-        "num_in": num_in,
-        "num_kept": shard_entry["rows"],
-        "shard": shard_entry,
-        "rejects": rej_entry,
-        "seconds": round(time.perf_counter() - t0, 3),
-        "outputs": output_sizes(
-            out, out / "shards" / f"{unit_name}.parquet", out / "rejects" / f"{unit_name}.exact_dedup.parquet"
-        ),
-        **tally.as_dict(),
-    }
-    write_json(out / "_work" / "final" / f"{unit_name}.done.json", record)
-    return record
 
 
 def output_sizes(out: Path, *paths: Path) -> dict[str, int]:

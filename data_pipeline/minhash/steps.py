@@ -299,7 +299,7 @@ def finalize_shard(
     out_dir: str,
     fingerprint: Any,
 ) -> dict:
-    from data_pipeline.tasks import RejectTally, filter_shard
+    from data_pipeline.tasks import RejectTally, filter_unit
 
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -323,19 +323,17 @@ def finalize_shard(
         )
         for row, (cid, sid, size) in gone.items()
     }
-    shard_path, rej_path = out / "shards" / f"{name}.parquet", out / "rejects" / f"{name}.parquet"
-    shard_entry, rej_entry, num_in = filter_shard(
-        Path(src_shard), shard_path, rej_path, "minhash_dedup", drop, tally, batch_rows
+    return filter_unit(
+        name,
+        fingerprint,
+        t0,
+        Path(src_shard),
+        out,
+        out / "shards" / f"{name}.parquet",
+        out / "rejects" / f"{name}.parquet",
+        work / "final" / f"{name}.done.json",
+        "minhash_dedup",
+        drop,
+        tally,
+        batch_rows,
     )
-    tally.stage_in["minhash_dedup"] = num_in
-    record = {
-        "unit": name,
-        "fingerprint": fingerprint,
-        "num_in": num_in,
-        "num_kept": shard_entry["rows"],
-        "shard": shard_entry,
-        "rejects": rej_entry,
-        "seconds": round(time.perf_counter() - t0, 3),
-        **tally.as_dict(),
-    }
-    return _done(out, work / "final" / f"{name}.done.json", record, shard_path, rej_path)
