@@ -65,19 +65,26 @@ def _cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def run_tasks(
-    fn: Callable, jobs: list[tuple[str, tuple]], cfg: PipelineConfig, progress: Progress, phase: str
+def ray_map(
+    fn: Callable,
+    jobs: list[tuple[str, tuple]],
+    max_in_flight: int = 0,
+    max_retries: int = 3,
+    on_result: Callable[[str, dict | None], None] | None = None,
+    on_tick: Callable[[], None] | None = None,
 ) -> tuple[dict[str, dict], dict[str, str]]:
-    """Run `fn(*args)` per job as Ray tasks with at most max_in_flight pending; collect results/errors."""
+    """Run `fn(*args)` for each (key, args) as a Ray task (Ray already initialised), at most
+    `max_in_flight` pending (0: twice the cluster's CPUs). Returns (results, errors) by key: every
+    failed job is reported, not only the first. `on_result(key, result or None)` follows each
+    finished job; `on_tick()` runs at least once a second."""
     import ray
 
     results: dict[str, dict] = {}
     errors: dict[str, str] = {}
     if not jobs:
         return results, errors
-    ensure_ray(cfg)
-    remote = ray.remote(num_cpus=1, max_retries=cfg.ray.max_retries, retry_exceptions=False)(fn)
-    limit = cfg.ray.max_in_flight or 2 * _cluster_cpus()
+    remote = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=False)(fn)
+    limit = max_in_flight or 2 * _cluster_cpus()
     pending: dict[Any, str] = {}
     queue = list(jobs)
     while queue or pending:
@@ -89,13 +96,31 @@ def run_tasks(
             key = pending.pop(ref)
             try:
                 results[key] = ray.get(ref)
-                progress.advance(phase, results[key].get("num_in", 0))
             except Exception as e:  # noqa: BLE001 - report every failed input, not only the first
                 cause = getattr(e, "cause", None) or e
                 errors[key] = f"{type(cause).__name__}: {cause}"
-                progress.advance(phase, 0)
-        progress.refresh()
+            if on_result is not None:
+                on_result(key, results.get(key))
+        if on_tick is not None:
+            on_tick()
     return results, errors
+
+
+def run_tasks(
+    fn: Callable, jobs: list[tuple[str, tuple]], cfg: PipelineConfig, progress: Progress, phase: str
+) -> tuple[dict[str, dict], dict[str, str]]:
+    """`ray_map` with the stage's Ray settings and its progress display."""
+    if not jobs:
+        return {}, {}
+    ensure_ray(cfg)
+    return ray_map(
+        fn,
+        jobs,
+        max_in_flight=cfg.ray.max_in_flight,
+        max_retries=cfg.ray.max_retries,
+        on_result=lambda _, rec: progress.advance(phase, (rec or {}).get("num_in", 0)),
+        on_tick=progress.refresh,
+    )
 
 
 def raise_errors(errors: dict[str, str], phase: str) -> None:

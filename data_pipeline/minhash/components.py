@@ -168,12 +168,10 @@ def ray_components(
     work = Path(work_dir)
     if (summary := _start(edge_files, work, num_partitions)) is not None:
         return summary
-    run = _runner(ray)
-
     def route_jobs(out_dir: Path) -> list[tuple]:
         return [(str(f), _part_path(out_dir, i), num_partitions) for i, f in enumerate(edge_files)]
 
-    num_files = _step(work, 0, lambda d: run(_route_input_task, route_jobs(d)))["num_files"]
+    num_files = _step(work, 0, lambda d: _run(_route_input_task, route_jobs(d)))["num_files"]
     changed: list[int] = []
     while not (len(changed) >= 2 and changed[-1] == changed[-2] == 0):
         step = len(changed) + 1
@@ -184,7 +182,7 @@ def ray_components(
             )
         task = _large_star_task if step % 2 else _small_star_task
         jobs = _reduce_jobs(work, step - 1, num_files, num_partitions, _iter_dir(work, step))
-        done = _step(work, step, lambda d, task=task, jobs=jobs: run(task, jobs))
+        done = _step(work, step, lambda d, task=task, jobs=jobs: _run(task, jobs))
         changed.append(done["changed_edges"])
         num_files = num_partitions
         log.info(
@@ -195,7 +193,7 @@ def ray_components(
     # the final step needs) already holds them.
     last_small = len(changed) - len(changed) % 2
     jobs = _reduce_jobs(work, last_small, num_partitions, num_partitions, work / "components")
-    results = run(_components_task, jobs)
+    results = _run(_components_task, jobs)
     num_nodes = sum(r["num_nodes"] for r in results)
     return _finish(
         work, num_partitions, num_nodes, sum(r["num_components"] for r in results), changed, "ray_star"
@@ -262,28 +260,13 @@ def _components_task(inputs: list[str], partition: int, num_partitions: int, out
 # --- driver helpers ---
 
 
-def _runner(ray) -> Callable[[Callable, list[tuple]], list[dict]]:
-    """run(fn, jobs) -> results in job order, with at most 2x cluster CPUs tasks in flight."""
-    max_in_flight = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
-    remotes: dict[Callable, Any] = {}
+def _run(fn: Callable, jobs: list[tuple]) -> list[dict]:
+    """Ray tasks fn(*job), results in job order; any failure raises PipelineError naming each."""
+    from data_pipeline.executor import raise_errors, ray_map
 
-    def run(fn: Callable, jobs: list[tuple]) -> list[dict]:
-        if fn not in remotes:
-            remotes[fn] = ray.remote(num_cpus=1)(fn)
-        remote = remotes[fn]
-        results: list[dict] = [{}] * len(jobs)
-        pending: dict[Any, int] = {}
-        next_job = 0
-        while next_job < len(jobs) or pending:
-            while next_job < len(jobs) and len(pending) < max_in_flight:
-                pending[remote.remote(*jobs[next_job])] = next_job
-                next_job += 1
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                results[pending.pop(ref)] = ray.get(ref)
-        return results
-
-    return run
+    results, errors = ray_map(fn, [(f"{fn.__name__}[{i}]", job) for i, job in enumerate(jobs)])
+    raise_errors(errors, fn.__name__)
+    return [results[f"{fn.__name__}[{i}]"] for i in range(len(jobs))]
 
 
 def _step(work: Path, step: int, compute: Callable[[Path], list[dict]]) -> dict:
