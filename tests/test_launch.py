@@ -219,3 +219,17 @@ def test_batch_that_cannot_split_fails_before_any_rank_starts(shards, tmp_path):
     assert res.returncode == 2
     assert "config error: phases[0] (short).global_batch_tokens=512" in res.stderr
     assert "world_size=3" in res.stderr and not (run / "launch").exists()
+
+
+def test_dry_run_shows_the_timeline_for_nproc_ranks(shards, tmp_path):
+    config = _config(shards, tmp_path / "r", nproc=2, parallel="ddp")
+    out = subprocess.run(
+        _cmd(config, "--dry-run"), env=_env(), cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    assert "world_size 2" in out
+    # short: 32 samples per step, 16 per rank, micro_batch_size 8 -> 2 micro-steps per rank
+    assert [line.split()[6:8] for line in out.splitlines() if line.startswith(("short", "long"))] == [
+        ["8", "2"],
+        ["4", "2"],
+    ]
+    assert not (tmp_path / "r").exists()

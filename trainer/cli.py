@@ -30,7 +30,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(logging.INFO)
     cfg = load_config(TrainConfig, args.config, args.overrides)  # ConfigError -> exit 2 in dispatch
     if args.dry_run:
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        world_size = int(os.environ.get("WORLD_SIZE", cfg.nproc))  # torchrun's world, else nproc
         timeline = Timeline.build(cfg.curriculum.phases, cfg.curriculum.schedule, world_size)
         print(dump_yaml(cfg))
         print(timeline.describe())
