@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -70,12 +71,18 @@ def test_grad_accum_derived_from_world_size(world_size, accum_a, accum_b):
 @pytest.mark.parametrize(
     ("world_size", "micro", "accum"), [(1, 4, 4), (2, 4, 2), (4, 4, 1), (8, 2, 1), (16, 1, 1)]
 )
-def test_micro_batch_is_the_largest_divisor_of_the_rank_share_within_the_bound(world_size, micro, accum):
+def test_micro_batch_is_the_largest_divisor_of_the_rank_share_within_the_bound(
+    world_size, micro, accum, caplog
+):
     """16 samples per step, micro_batch_size 6: the same config runs on 1 to 16 ranks."""
     p = phase(global_batch_tokens=1_600, micro_batch_size=6)
     assert p.micro_batch(world_size) == (micro, accum)
-    span = Timeline.build([p], ScheduleConfig(), world_size).spans[0]
+    with caplog.at_level(logging.WARNING, logger="trainer.schedule"):
+        span = Timeline.build([p], ScheduleConfig(), world_size).spans[0]
     assert (span.micro_batch, span.grad_accum_steps) == (micro, accum)
+    # A loud line only when the bound could not be filled (16 // world_size samples per rank >= 6).
+    notices = [r.getMessage() for r in caplog.records if "does not divide" in r.getMessage()]
+    assert len(notices) == (1 if 16 // world_size >= 6 else 0), notices
 
 
 def test_batch_not_divisible_by_world_size_names_fields_and_world_size():

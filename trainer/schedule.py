@@ -215,6 +215,17 @@ class Timeline:
                 micro, accum = phase.micro_batch(world_size)
             except ConfigError as e:
                 raise ConfigError(f"phases[{i}] ({phase.name}).{e}") from None
+            if micro < min(phase.micro_batch_size, micro * accum):  # a divisor below the bound
+                log.warning(
+                    "phase %s: micro-batch %d (micro_batch_size=%d does not divide the %d samples per "
+                    "rank) x %d accumulation steps on each of %d ranks",
+                    phase.name,
+                    micro,
+                    phase.micro_batch_size,
+                    micro * accum,
+                    accum,
+                    world_size,
+                )
             num_steps = phase.num_tokens // phase.global_batch_tokens
             dropped = phase.num_tokens - num_steps * phase.global_batch_tokens
             if dropped:

@@ -168,6 +168,7 @@ def ray_components(
     work = Path(work_dir)
     if (summary := _start(edge_files, work, num_partitions)) is not None:
         return summary
+
     def route_jobs(out_dir: Path) -> list[tuple]:
         return [(str(f), _part_path(out_dir, i), num_partitions) for i, f in enumerate(edge_files)]
 
