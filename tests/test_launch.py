@@ -233,3 +233,27 @@ def test_dry_run_shows_the_timeline_for_nproc_ranks(shards, tmp_path):
         ["4", "2"],
     ]
     assert not (tmp_path / "r").exists()
+
+
+def test_ranks_die_with_a_killed_launcher(shards, tmp_path):
+    """kill -9 of the launcher alone (not its group): no orphaned rank keeps training."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        _cmd(_config(shards, run, nproc=2, parallel="ddp"), "debug.step_sleep_s=5"),  # 60 s to go
+        env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists():
+        assert proc.poll() is None and time.time() < deadline, "no rank started training"
+        time.sleep(0.05)
+    ranks = _children(proc.pid)
+    assert sorted(_rank_of(p) for p in ranks) == [0, 1]
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 5  # well before the run could end by itself
+    while any(Path(f"/proc/{p}").exists() for p in ranks) and time.time() < deadline:
+        time.sleep(0.05)
+    alive = [p for p in ranks if Path(f"/proc/{p}").exists()]
+    for p in alive:  # clean up before failing
+        os.kill(p, signal.SIGKILL)
+    assert not alive, "ranks outlived their launcher"

@@ -12,7 +12,8 @@ with the same config and no open port. Across nodes use torchrun (infra/slurm, i
 
 Ranks 1.. write their output to run_dir/launch/rank<N>.log; rank 0 writes to this console. When a
 rank fails the others are stopped and the error names the rank, its exit code and its log's tail;
-rerunning resumes from the newest complete checkpoint like any other run.
+when the launcher itself dies (even by kill -9) the ranks die with it (Linux). Rerunning resumes
+from the newest complete checkpoint like any other run.
 """
 
 from __future__ import annotations
@@ -69,6 +70,15 @@ def rank_env(rank: int, nproc: int, init_method: str, threads: int) -> dict[str,
     return env
 
 
+def _die_with_parent() -> None:
+    """In each rank before exec (Linux): SIGKILL when the launcher dies, even by kill -9, so no
+    orphaned rank keeps writing checkpoints beside the ranks of a rerun."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -117,16 +127,20 @@ def launch_local(cfg: TrainConfig, poll_s: float = 0.2) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "trainer", "train", "--config", str(config)]
     procs: list[subprocess.Popen] = []
     logs: list[Path | None] = []
+    # Elsewhere (macOS) a kill -9 of the launcher leaves the ranks running; stop them by group.
+    tie = _die_with_parent if sys.platform.startswith("linux") else None
     try:
         for rank in range(nproc):
             env = rank_env(rank, nproc, f"file://{store}", threads)
             if rank == 0:
-                procs.append(subprocess.Popen(cmd, env=env))
+                procs.append(subprocess.Popen(cmd, env=env, preexec_fn=tie))
                 logs.append(None)
             else:
                 log = work / f"rank{rank}.log"
                 with open(log, "wb") as f:
-                    procs.append(subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT))
+                    procs.append(
+                        subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, preexec_fn=tie)
+                    )
                 logs.append(log)
         while True:
             codes = [p.poll() for p in procs]
