@@ -172,6 +172,25 @@ def test_repeated_spikes_roll_back_and_skip_ahead(shards, straight, tmp_path):
     assert cursors(run) - cursors(straight) == 2 * 32 * 16
 
 
+def test_second_trainer_on_a_busy_run_dir_fails_at_once(shards, tmp_path):
+    from trainer.train import RunDirBusy, Trainer
+
+    run = tmp_path / "run"
+    first = Trainer(_cfg(shards, run))
+    try:
+        with pytest.raises(RunDirBusy, match=f"in use by another trainer \\(pid {os.getpid()} on "):
+            Trainer(_cfg(shards, run))
+        res = subprocess.run(
+            _cli(tmp_path / "run.yaml"), env=_env(), cwd=REPO, capture_output=True, text=True, timeout=120
+        )
+        assert res.returncode == 1 and "in use by another trainer" in res.stderr, res.stderr[-2000:]
+        first.step()
+    finally:
+        first.close()
+    assert train(_cfg(shards, run))["last_step"] == TOTAL_STEPS  # released: resumes and finishes
+    assert _losses(run)[0] == pytest.approx(np.log(VOCAB), rel=0.05)
+
+
 def test_config_validation(shards, tmp_path):
     with pytest.raises(ConfigError, match="parallel"):
         _cfg(shards, tmp_path / "r", ["parallel=tp"])

@@ -38,10 +38,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from trainer.launch import INIT_ENV, LaunchError
+    from trainer.train import RunDirBusy
 
     try:
         summary = train(cfg)
-    except LaunchError as e:  # a local rank died: say which, and where its log is
+    except (LaunchError, RunDirBusy) as e:  # a local rank died (which, and its log); a busy run dir
         print(f"train: {e}", file=sys.stderr)
         return 1
 

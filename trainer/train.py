@@ -418,6 +418,7 @@ class Trainer:
             if device.type == "cuda"
             else contextlib.nullcontext
         )
+        self._lock = lock_run_dir(self.run_dir) if env.is_main else None  # before the first write
         self.metrics = MetricsLogger(self.run_dir, env.rank, tensorboard=cfg.metrics.tensorboard)
         self.progress = ProgressLine(
             self.last_step, self.step_num, enabled=cfg.metrics.progress and env.is_main
@@ -624,10 +625,45 @@ class Trainer:
             self.loader.close()
         self.metrics.close()
         self.progress.close()
+        if self._lock is not None:
+            self._lock.close()  # releases the run dir
+            self._lock = None
         torch.use_deterministic_algorithms(self._was_deterministic)  # train() may run inside a larger process
 
     def summary(self) -> dict[str, Any]:
         return {"last_step": self.step_num, "skipped_steps": self.skipped, "final_loss": self.loss_val}
+
+
+class RunDirBusy(RuntimeError):
+    """Another live trainer holds this run directory."""
+
+
+def lock_run_dir(run_dir: Path) -> Any:
+    """Hold an exclusive advisory lock (flock) on run_dir/train.lock while the trainer lives, so a
+    second trainer started on the same run directory fails at once instead of interleaving its
+    checkpoints and metrics with the first's. The lock goes with the process, even on kill -9.
+    Where the filesystem has no flock (some network mounts) a warning says the run is unlocked."""
+    import fcntl
+    import socket
+
+    f = open(run_dir / "train.lock", "a+")  # noqa: SIM115 - held open for the trainer's life
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown pid"
+        f.close()
+        raise RunDirBusy(
+            f"{run_dir} is in use by another trainer ({holder}); wait for it to end or stop it"
+        ) from None
+    except OSError as e:
+        log.warning("no lock on %s (%s): nothing stops a second trainer on this run dir", run_dir, e)
+        return f
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    return f
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
