@@ -9,7 +9,6 @@ listens on every interface, so torchrun runs in a private network namespace with
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -20,7 +19,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.train_helpers import NETNS, private_netns_ok, tiny_config_dict, write_arith_shards
+from tests.train_helpers import (
+    NETNS,
+    child_pids,
+    losses,
+    private_netns_ok,
+    rank_of,
+    tiny_config_dict,
+    write_arith_shards,
+)
 from trainer import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
@@ -65,27 +72,12 @@ def _env() -> dict[str, str]:
 
 
 def _losses(run_dir: Path) -> list[float]:
-    """Loss per step, keeping the last row of each step (a resumed run re-logs steps after its checkpoint)."""
-    last = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        last[rec["step"]] = rec["loss"]
-    assert sorted(last) == list(range(TOTAL_STEPS)), sorted(last)
-    return [last[s] for s in range(TOTAL_STEPS)]
+    return losses(run_dir, TOTAL_STEPS)
 
 
 def _worker_pid(agent_pid: int, rank: int) -> int | None:
     """The pid of torchrun's worker with RANK=rank: a child of the agent process."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == agent_pid and f"\0RANK={rank}\0" in "\0" + (entry / "environ").read_text() + "\0":
-                return int(entry.name)
-        except (OSError, IndexError, ValueError):
-            continue  # exited meanwhile
-    return None
+    return next((p for p in child_pids(agent_pid) if rank_of(p) == rank), None)
 
 
 def test_killed_rank_restarts_and_resumes_exactly(config, tmp_path):

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from pretrain.config import ConfigError, load_config
 from tests.pipeline_helpers import REPO
-from tests.train_helpers import tiny_config_dict, write_arith_shards
+from tests.train_helpers import child_pids, losses, rank_of, write_arith_shards, write_tiny_config
 from trainer import checkpoint as ckpt
 from trainer.train import TrainConfig
 
@@ -31,10 +30,7 @@ def shards(tmp_path_factory) -> Path:
     return write_arith_shards(tmp_path_factory.mktemp("launch") / "tok")
 
 
-def _config(shards: Path, run_dir: Path, **top) -> Path:
-    path = run_dir.parent / f"{run_dir.name}.yaml"
-    path.write_text(yaml.safe_dump(tiny_config_dict(shards, run_dir, **top)))
-    return path
+_config = write_tiny_config
 
 
 def _cmd(config: Path, *overrides: str) -> list[str]:
@@ -47,35 +43,7 @@ def _env() -> dict[str, str]:
 
 
 def _losses(run_dir: Path) -> list[float]:
-    last = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        last[rec["step"]] = rec["loss"]  # a resumed run re-logs the steps after its checkpoint
-    assert sorted(last) == list(range(TOTAL_STEPS)), sorted(last)
-    return [last[s] for s in range(TOTAL_STEPS)]
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue  # exited meanwhile
-    return out
-
-
-def _rank_of(pid: int) -> int | None:
-    try:
-        env = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    for var in env:
-        if var.startswith(b"RANK="):
-            return int(var[5:])
-    return None
+    return losses(run_dir, TOTAL_STEPS)
 
 
 def _listening(pids: list[int]) -> list[str]:
@@ -128,7 +96,7 @@ def launched(shards, tmp_path_factory) -> tuple[Path, list[str], str]:
     while not (run / "metrics.jsonl").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     while proc.poll() is None and time.time() < deadline:  # the ranks train and sync meanwhile
-        seen += _listening([proc.pid, *_children(proc.pid)])
+        seen += _listening([proc.pid, *child_pids(proc.pid)])
         time.sleep(0.2)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0, out[-3000:]
@@ -164,7 +132,7 @@ def test_killed_rank_fails_the_launch_and_rerun_resumes_exactly(shards, launched
         while ckpt.latest_checkpoint(run / "checkpoints") is None:
             assert proc.poll() is None and time.time() < deadline, "no checkpoint before the run ended"
             time.sleep(0.05)
-        ranks = {_rank_of(p): p for p in _children(proc.pid)}
+        ranks = {rank_of(p): p for p in child_pids(proc.pid)}
         os.kill(ranks[1], signal.SIGKILL)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -246,8 +214,8 @@ def test_ranks_die_with_a_killed_launcher(shards, tmp_path):
     while not (run / "metrics.jsonl").exists():
         assert proc.poll() is None and time.time() < deadline, "no rank started training"
         time.sleep(0.05)
-    ranks = _children(proc.pid)
-    assert sorted(_rank_of(p) for p in ranks) == [0, 1]
+    ranks = child_pids(proc.pid)
+    assert sorted(rank_of(p) for p in ranks) == [0, 1]
     proc.kill()
     proc.wait()
     deadline = time.time() + 5  # well before the run could end by itself

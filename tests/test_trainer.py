@@ -13,10 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
-from pretrain.config import ConfigError, load_config, to_dict
-from tests.train_helpers import NETNS, VOCAB, private_netns_ok, tiny_config_dict, write_arith_shards
+from pretrain.config import ConfigError, to_dict
+from tests.train_helpers import (
+    NETNS,
+    VOCAB,
+    losses,
+    metrics_rows,
+    private_netns_ok,
+    tiny_train_config,
+    write_arith_shards,
+)
 from trainer import checkpoint as ckpt
 from trainer.train import TrainConfig, train
 
@@ -30,25 +37,10 @@ def shards(tmp_path_factory) -> Path:
 
 
 def _cfg(shards: Path, run_dir: Path, overrides: list[str] = (), **top) -> TrainConfig:
-    path = run_dir.parent / f"{run_dir.name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(tiny_config_dict(shards, run_dir, **top)))
-    return load_config(TrainConfig, path, list(overrides))
+    return tiny_train_config(shards, run_dir, overrides, **top)
 
 
-def _metrics(run_dir: Path) -> dict[int, dict]:
-    """step -> the last record logged for it (a resumed run re-logs steps after its checkpoint)."""
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        out[rec["step"]] = rec
-    return out
-
-
-def _losses(run_dir: Path) -> list[float]:
-    m = _metrics(run_dir)
-    assert sorted(m) == list(range(len(m)))
-    return [m[s]["loss"] for s in sorted(m)]
+_metrics, _losses = metrics_rows, losses
 
 
 @pytest.fixture(scope="module")

@@ -4,17 +4,14 @@ one GPU. Tolerances are loose where bf16 and non-deterministic kernels make exac
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from pretrain.config import load_config
-from tests.train_helpers import tiny_config_dict, write_arith_shards
+from tests.train_helpers import metrics_rows, tiny_train_config, write_arith_shards
 from trainer import checkpoint as ckpt
 from trainer.metrics import detect_peak_flops
 from trainer.train import TrainConfig, train
@@ -30,19 +27,13 @@ def shards(tmp_path_factory) -> Path:
 
 
 def _cfg(shards: Path, run_dir: Path, overrides: list[str] = (), **top) -> TrainConfig:
-    path = run_dir.parent / f"{run_dir.name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(tiny_config_dict(shards, run_dir, device="cuda", **top)))
-    return load_config(TrainConfig, path, list(overrides))
+    return tiny_train_config(shards, run_dir, overrides, device="cuda", **top)
 
 
 def _metrics(run_dir: Path) -> dict[int, dict]:
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        out[rec["step"]] = rec  # a resumed run re-logs the steps after its checkpoint
-    assert sorted(out) == list(range(TOTAL_STEPS)), sorted(out)
-    return out
+    m = metrics_rows(run_dir)
+    assert sorted(m) == list(range(TOTAL_STEPS)), sorted(m)
+    return m
 
 
 @pytest.fixture(scope="module")

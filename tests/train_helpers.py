@@ -1,5 +1,6 @@
-"""Shared by the trainer tests: learnable synthetic token shards, the tiny two-phase config, and
-the private loopback-only network namespace multi-process torchrun runs go into."""
+"""Shared by the trainer tests: learnable synthetic token shards, the tiny two-phase config, losses
+per step from metrics.jsonl, the ranks under a launcher, and the private loopback-only network
+namespace multi-process torchrun runs go into."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from pretrain.token_shards import write_token_manifest, write_token_shard
 
@@ -71,3 +73,61 @@ def private_netns_ok() -> bool:
         return subprocess.run([*NETNS[:-1], "true"], capture_output=True, timeout=10).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+def write_tiny_config(shards: Path, run_dir: Path, **top) -> Path:
+    """tiny_config_dict as YAML beside run_dir (<run_dir>.yaml); returns its path."""
+    path = run_dir.parent / f"{run_dir.name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(tiny_config_dict(shards, run_dir, **top)))
+    return path
+
+
+def tiny_train_config(shards: Path, run_dir: Path, overrides=(), **top):
+    """The tiny TrainConfig, loaded from its YAML with dotted overrides like the CLI does."""
+    from pretrain.config import load_config
+    from trainer.train import TrainConfig
+
+    return load_config(TrainConfig, write_tiny_config(shards, run_dir, **top), list(overrides))
+
+
+def metrics_rows(run_dir: Path) -> dict[int, dict]:
+    """step -> the last row logged for it (a resumed run re-logs the steps after its checkpoint)."""
+    from pretrain.report import metrics_by_step
+
+    path = run_dir / "metrics.jsonl"
+    assert path.exists(), f"{path} was never written"
+    return {r["step"]: r for r in metrics_by_step(path)}
+
+
+def losses(run_dir: Path, num_steps: int | None = None) -> list[float]:
+    """Loss per step; every step 0..num_steps-1 (or 0..last) must have been logged."""
+    m = metrics_rows(run_dir)
+    want = list(range(len(m) if num_steps is None else num_steps))
+    assert sorted(m) == want, sorted(m)
+    return [m[s]["loss"] for s in want]
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live children of process `pid` (Linux /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue  # exited meanwhile
+    return out
+
+
+def rank_of(pid: int) -> int | None:
+    """The RANK in process `pid`'s environment (a launcher's worker), None if unset or gone."""
+    try:
+        env = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for var in env:
+        if var.startswith(b"RANK="):
+            return int(var[5:])
+    return None
