@@ -52,7 +52,8 @@ def build_inputs(work: Path, copies: int) -> tuple[Path, int]:
 
 def run_ours(inputs: Path, out: Path, workers: int) -> tuple[float, int]:
     from data_pipeline.config import load_pipeline_config
-    from data_pipeline.executor import ensure_ray, run_pipeline
+    from data_pipeline.executor import run_pipeline
+    from pretrain.core.runner import ensure_ray
 
     cfg = load_pipeline_config(
         None,
@@ -68,7 +69,7 @@ def run_ours(inputs: Path, out: Path, workers: int) -> tuple[float, int]:
             f"ray.max_in_flight={workers}",
         ],
     )
-    ensure_ray(cfg)
+    ensure_ray(cfg.ray)
     t0 = time.perf_counter()
     stats = run_pipeline(cfg)
     return time.perf_counter() - t0, stats["num_kept"]

@@ -201,7 +201,7 @@ def write_stage_dir(path: Path, docs: list[str], num_shards: int) -> None:
     """A finished stage directory (shards/*.parquet in DOC_SCHEMA + manifest.json) holding `docs`."""
     import pyarrow as pa
 
-    from pretrain.shards import DOC_SCHEMA, write_manifest, write_table
+    from pretrain.core.shards import DOC_SCHEMA, write_manifest, write_table
 
     entries = []
     per_shard = -(-len(docs) // num_shards)
@@ -225,8 +225,8 @@ def write_stage_dir(path: Path, docs: list[str], num_shards: int) -> None:
 def run_child(input_dir: str, output_dir: str) -> None:
     """In the subprocess: start local Ray, then time `run_minhash_dedup` alone; print one JSON line."""
     t0 = time.perf_counter()
-    from data_pipeline.executor import ensure_ray
     from data_pipeline.minhash.dedup import load_minhash_config, run_minhash_dedup
+    from pretrain.core.runner import ensure_ray
 
     cfg = load_minhash_config(
         None,
@@ -237,7 +237,7 @@ def run_child(input_dir: str, output_dir: str) -> None:
             f"ray.num_cpus={E2E_NUM_CPUS}",
         ],
     )
-    ensure_ray(cfg)
+    ensure_ray(cfg.ray)
     ray_start_s = time.perf_counter() - t0
     wall0, t1 = time.time(), time.perf_counter()
     stats = run_minhash_dedup(cfg)

@@ -56,13 +56,13 @@ def _components(ids: list[str], edges: list[tuple[str, str]]) -> tuple[dict[str,
 
 
 def ours(corpus_dir: Path, work_dir: Path) -> tuple[dict[str, str], set[str]]:
-    from data_pipeline.executor import ensure_ray
     from data_pipeline.minhash.dedup import load_minhash_config, run_minhash_dedup
     from data_pipeline.minhash.neardup_corpus import clusters_from_dedup_output
+    from pretrain.core.runner import ensure_ray
 
     out = work_dir / "ours"
     cfg = load_minhash_config(None, [f"input_dir={corpus_dir}", f"output_dir={out}", "progress=false"])
-    ensure_ray(cfg)
+    ensure_ray(cfg.ray)
     run_minhash_dedup(cfg)
     return clusters_from_dedup_output(out)
 

@@ -77,7 +77,8 @@ def build_corpus(stage: Path, target_bytes: int, num_shards: int) -> dict:
     """Write stage/shards/*.parquet + manifest.json from real text on this machine (cached)."""
     import pyarrow as pa
 
-    from pretrain.shards import DOC_SCHEMA, read_json, write_manifest, write_table
+    from pretrain.core.files import read_json
+    from pretrain.core.shards import DOC_SCHEMA, write_manifest, write_table
 
     info_path = stage / "bench_corpus.json"
     want = {"target_bytes": target_bytes, "num_shards": num_shards}
@@ -117,8 +118,8 @@ def build_corpus(stage: Path, target_bytes: int, num_shards: int) -> dict:
 
 
 def bench_train(stage: Path, work: Path, cfg_overrides: list[str], rounds: int) -> dict:
-    from pretrain.config import load_config
-    from pretrain.shards import list_shards
+    from pretrain.core.config import load_config
+    from pretrain.core.shards import list_shards
     from tokenizer.config import TokenizerTrainConfig
     from tokenizer.sample import plan_sample
 
@@ -188,9 +189,9 @@ def bench_train(stage: Path, work: Path, cfg_overrides: list[str], rounds: int) 
 def bench_encode(stage: Path, tok_dir: str, work: Path, rounds: int) -> dict:
     import shutil
 
-    from data_pipeline.config import RayConfig
-    from data_pipeline.executor import ensure_ray
-    from pretrain.shards import list_shards, read_json, read_table, write_json
+    from pretrain.core.files import read_json, write_json
+    from pretrain.core.runner import RayConfig, ensure_ray
+    from pretrain.core.shards import list_shards, read_table
     from tokenizer.bpe import load_tokenizer
     from tokenizer.config import TokenizerEncodeConfig
     from tokenizer.encode import run_encode
@@ -198,7 +199,7 @@ def bench_encode(stage: Path, tok_dir: str, work: Path, rounds: int) -> dict:
     texts = [t for p in list_shards(stage) for t in read_table(p, ["text"]).column("text").to_pylist()]
     mb = sum(len(t.encode()) for t in texts) / 1e6
     cfg = TokenizerEncodeConfig(progress=False, ray=RayConfig(num_cpus=2))
-    ensure_ray(cfg)
+    ensure_ray(cfg.ray)
     # Warm-up on two shards: starts both Ray workers and loads the tokenizer in each, as on a live cluster.
     warm = work / "warm"
     first = list_shards(stage)[:2]

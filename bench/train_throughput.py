@@ -32,8 +32,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pretrain.token_shards import write_token_manifest, write_token_shard  # noqa: E402
-from trainer.metrics import measure_matmul_flops, memory_snapshot, mfu  # noqa: E402
+from pretrain.core.token_shards import write_token_manifest, write_token_shard  # noqa: E402
+from pretrain.core.accel import mfu  # noqa: E402
+from trainer.metrics import measure_matmul_flops, memory_snapshot  # noqa: E402
 from trainer.model import Transformer, preset  # noqa: E402
 from trainer.schedule import CurriculumConfig, PhaseConfig, ScheduleConfig  # noqa: E402
 from trainer.train import CheckpointConfig, DataConfig, MetricsConfig  # noqa: E402

@@ -13,7 +13,7 @@ import json
 import sys
 
 from data_pipeline.config import ALL_STAGES, STAGE_ORDER, load_pipeline_config
-from pretrain.config import dump_yaml
+from pretrain.core.config import dump_yaml
 
 STAGE_COMMANDS = {s.replace("_", "-"): s for s in ALL_STAGES}
 
@@ -76,7 +76,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{' -> exact_dedup' if cfg.exact_dedup.enabled else ''}"
         )
         return 0
-    from data_pipeline.executor import PipelineError, clean_output, run_pipeline
+    from data_pipeline.executor import clean_output, run_pipeline
+    from pretrain.core.runner import PipelineError
 
     if args.restart:
         clean_output(cfg.output_dir)
@@ -106,8 +107,9 @@ def cmd_minhash(args: argparse.Namespace) -> int:
         mh = cfg.minhash
         print(format_s_curve(bands, rows, mh.num_perm, mh.verify_threshold if mh.verify else None))
         return 0
-    from data_pipeline.executor import PipelineError, clean_output
+    from data_pipeline.executor import clean_output
     from data_pipeline.minhash.dedup import run_minhash_dedup
+    from pretrain.core.runner import PipelineError
 
     if args.restart:
         clean_output(cfg.output_dir)
@@ -145,7 +147,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m data_pipeline") -> int:
-    from pretrain.cli import dispatch
+    from pretrain.core.cli import dispatch
 
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     add_subcommands(parser.add_subparsers(dest="cmd", required=True))

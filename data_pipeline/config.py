@@ -15,7 +15,8 @@ from data_pipeline.stages.normalize import NormalizeConfig
 from data_pipeline.stages.pii import PIIConfig
 from data_pipeline.stages.quality import QualityConfig
 from data_pipeline.stages.toxicity import ToxicityConfig
-from pretrain.config import check, load_config
+from pretrain.core.config import check, load_config
+from pretrain.core.runner import RayConfig
 
 # Order of the fused per-document chain; exact dedup runs after it across the whole run.
 STAGE_ORDER = ("normalize", "language", "quality", "pii", "toxicity")
@@ -34,24 +35,6 @@ class ExactDedupConfig:
         check(
             1 <= self.num_partitions <= 65536, "exact_dedup.num_partitions", self.num_partitions, "1..65536"
         )
-
-
-@dataclass
-class RayConfig:
-    address: str | None = None
-    """Cluster to join (`auto`, `ray://host:10001`). None: join $RAY_ADDRESS when set (as under
-    `ray job submit`), else start a local Ray on 127.0.0.1."""
-    num_cpus: int | None = None
-    """CPUs of the local Ray (None: all cores). Ignored when joining a cluster."""
-    max_in_flight: int = 0
-    """Tasks submitted at once (backpressure); 0 = 2 x the cluster's CPUs."""
-    max_retries: int = 3
-    """Retries of a task whose worker died (a crash or a kill); bad input is not retried."""
-
-    def __post_init__(self) -> None:
-        check(self.num_cpus is None or self.num_cpus >= 1, "ray.num_cpus", self.num_cpus, ">= 1 or null")
-        check(self.max_in_flight >= 0, "ray.max_in_flight", self.max_in_flight, ">= 0")
-        check(self.max_retries >= 0, "ray.max_retries", self.max_retries, ">= 0")
 
 
 @dataclass
@@ -82,7 +65,7 @@ class PipelineConfig:
 
     def chain_identity(self) -> dict:
         """What determines a shard's chain output (not Ray, progress or output placement)."""
-        from pretrain.config import to_dict
+        from pretrain.core.config import to_dict
 
         return {
             "input": to_dict(self.input) | {"paths": None},

@@ -12,124 +12,24 @@ a pure function of input and config: the same for 1 or N workers.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from data_pipeline.config import STAGE_ORDER, PipelineConfig
-from data_pipeline.progress import Progress
 from data_pipeline.readers import InputUnit, discover_inputs
-from data_pipeline.tasks import dedup_partition, finalize_shard, load_done, run_chain
-from pretrain.config import config_hash, dump_yaml, to_dict
-from pretrain.shards import file_fingerprint, write_json, write_manifest
+from data_pipeline.tasks import dedup_partition, finalize_shard, run_chain
+from pretrain.core.config import config_hash, dump_yaml, to_dict
+from pretrain.core.done import load_done
+from pretrain.core.files import write_json
+from pretrain.core.hashing import file_fingerprint
+from pretrain.core.progress import Progress
+from pretrain.core.runner import PipelineError, raise_errors, run_tasks  # noqa: F401 (PipelineError re-exported)
+from pretrain.core.shards import write_manifest
 
 log = logging.getLogger(__name__)
-
-
-class PipelineError(RuntimeError):
-    """One or more tasks failed; the message lists each failed input and why."""
-
-
-def ensure_ray(cfg: PipelineConfig) -> None:
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        # Local Ray stays on loopback (Ray otherwise advertises the external interface). Ray reads
-        # this when it is first imported, so it is set before the import.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return
-    env_vars = {k: v for k, v in os.environ.items() if k.startswith("DATA_PIPELINE_")}
-    ray.init(
-        address="local",
-        num_cpus=cfg.ray.num_cpus,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        runtime_env={"env_vars": env_vars} if env_vars else None,
-        log_to_driver=True,
-        configure_logging=False,
-    )
-
-
-def _cluster_cpus() -> int:
-    import ray
-
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
-
-
-def ray_map(
-    fn: Callable,
-    jobs: list[tuple[str, tuple]],
-    max_in_flight: int = 0,
-    max_retries: int = 3,
-    on_result: Callable[[str, dict | None], None] | None = None,
-    on_tick: Callable[[], None] | None = None,
-) -> tuple[dict[str, dict], dict[str, str]]:
-    """Run `fn(*args)` for each (key, args) as a Ray task (Ray already initialised), at most
-    `max_in_flight` pending (0: twice the cluster's CPUs). Returns (results, errors) by key: every
-    failed job is reported, not only the first. `on_result(key, result or None)` follows each
-    finished job; `on_tick()` runs at least once a second."""
-    import ray
-
-    results: dict[str, dict] = {}
-    errors: dict[str, str] = {}
-    if not jobs:
-        return results, errors
-    remote = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=False)(fn)
-    limit = max_in_flight or 2 * _cluster_cpus()
-    pending: dict[Any, str] = {}
-    queue = list(jobs)
-    while queue or pending:
-        while queue and len(pending) < limit:
-            key, args = queue.pop(0)
-            pending[remote.remote(*args)] = key
-        done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-        for ref in done:
-            key = pending.pop(ref)
-            try:
-                results[key] = ray.get(ref)
-            except Exception as e:  # noqa: BLE001 - report every failed input, not only the first
-                cause = getattr(e, "cause", None) or e
-                errors[key] = f"{type(cause).__name__}: {cause}"
-            if on_result is not None:
-                on_result(key, results.get(key))
-        if on_tick is not None:
-            on_tick()
-    return results, errors
-
-
-def run_tasks(
-    fn: Callable, jobs: list[tuple[str, tuple]], cfg: PipelineConfig, progress: Progress, phase: str
-) -> tuple[dict[str, dict], dict[str, str]]:
-    """`ray_map` with the stage's Ray settings and its progress display."""
-    if not jobs:
-        return {}, {}
-    ensure_ray(cfg)
-    return ray_map(
-        fn,
-        jobs,
-        max_in_flight=cfg.ray.max_in_flight,
-        max_retries=cfg.ray.max_retries,
-        on_result=lambda _, rec: progress.advance(phase, (rec or {}).get("num_in", 0)),
-        on_tick=progress.refresh,
-    )
-
-
-def raise_errors(errors: dict[str, str], phase: str) -> None:
-    if errors:
-        lines = "\n".join(f"  {k}: {v}" for k, v in sorted(errors.items()))
-        raise PipelineError(
-            f"{len(errors)} task(s) failed in phase {phase}:\n{lines}\n"
-            "Fix the input (or config) and rerun: finished shards are kept."
-        )
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
@@ -156,7 +56,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         else:
             jobs.append((u.name, (u, cfg, str(out), fp)))
     progress.start("chain", total=len(units), done=len(units) - len(jobs))
-    results, errors = run_tasks(run_chain, jobs, cfg, progress, "chain")
+    results, errors = run_tasks(run_chain, jobs, cfg.ray, progress, "chain")
     chain.update(results)
     raise_errors(errors, "chain")
 
@@ -178,7 +78,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             total=cfg.exact_dedup.num_partitions,
             done=cfg.exact_dedup.num_partitions - len(jobs),
         )
-        results, errors = run_tasks(dedup_partition, jobs, cfg, progress, "exact_dedup")
+        results, errors = run_tasks(dedup_partition, jobs, cfg.ray, progress, "exact_dedup")
         dups.update(results)
         raise_errors(errors, "exact_dedup")
 
@@ -193,7 +93,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         else:
             jobs.append((n, (n, cfg, str(out), fp)))
     progress.start("finalize", total=len(names), done=len(names) - len(jobs))
-    results, errors = run_tasks(finalize_shard, jobs, cfg, progress, "finalize")
+    results, errors = run_tasks(finalize_shard, jobs, cfg.ray, progress, "finalize")
     final.update(results)
     raise_errors(errors, "finalize")
     progress.stop()

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from data_pipeline.document import Doc, Reject
-from pretrain.config import check
+from pretrain.core.config import check
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def discover_inputs(cfg: InputConfig) -> list[InputUnit]:
     for spec in cfg.paths:
         spec_path = Path(spec)
         if spec_path.is_dir() and (spec_path / "manifest.json").exists() and (spec_path / "shards").is_dir():
-            from pretrain.shards import list_shards
+            from pretrain.core.shards import list_shards
 
             for shard in list_shards(spec_path):
                 rel = f"shards/{shard.name}"

@@ -21,7 +21,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pretrain.shards import DOC_SCHEMA, list_shards, read_table, write_json, write_manifest, write_table
+from pretrain.core.files import write_json
+from pretrain.core.shards import DOC_SCHEMA, list_shards, read_table, write_manifest, write_table
 
 
 def _rank_key(seed: int, doc_id: str) -> bytes:

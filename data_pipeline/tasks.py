@@ -24,7 +24,9 @@ import pyarrow.parquet as pq
 
 from data_pipeline.document import Doc, Reject
 from data_pipeline.readers import InputUnit, read_unit
-from pretrain.shards import DOC_SCHEMA, REJECT_SCHEMA, ShardWriter, read_json, write_json, write_table
+from pretrain.core.done import output_sizes
+from pretrain.core.files import write_json
+from pretrain.core.shards import DOC_SCHEMA, REJECT_SCHEMA, ShardWriter, write_table
 
 CHAIN_SCHEMA = pa.schema(list(DOC_SCHEMA) + [pa.field("_ord", pa.int64(), nullable=False)])
 HASH_SCHEMA = pa.schema(
@@ -39,7 +41,7 @@ _STAGE_CACHE: dict[str, list] = {}  # Ray reuses worker processes: build models 
 
 
 def _build_stages(cfg) -> list:
-    from pretrain.config import config_hash
+    from pretrain.core.config import config_hash
 
     key = config_hash(cfg.chain_identity())
     if key not in _STAGE_CACHE:
@@ -337,25 +339,3 @@ def finalize_shard(unit_name: str, cfg, out_dir: str, fingerprint: str) -> dict[
         key_column="_ord",
         count_in=cfg.exact_dedup.enabled,
     )
-
-
-def output_sizes(out: Path, *paths: Path) -> dict[str, int]:
-    """The `outputs` of a done record: path (relative to the stage dir) -> size, checked on resume."""
-    return {str(p.relative_to(out)): p.stat().st_size for p in paths}
-
-
-def load_done(out_dir: str | Path, done_path: Path, fingerprint: Any) -> dict | None:
-    """A task's done record if it exists, matches `fingerprint` and its outputs are intact."""
-    if not done_path.exists():
-        return None
-    try:
-        rec = read_json(done_path)
-    except ValueError:
-        return None
-    if rec.get("fingerprint") != fingerprint:
-        return None
-    for rel, size in rec.get("outputs", {}).items():
-        f = Path(out_dir) / rel
-        if not f.exists() or f.stat().st_size != size:
-            return None
-    return rec

@@ -136,7 +136,7 @@ def load_checkpoint_model(path: str | Path) -> LoadedCheckpoint:
 
 def load_tokenizer_for(ckpt, override: str | None):
     """The checkpoint's tokenizer (or `override`), refusing one whose hash differs from training's."""
-    from tokenizer.bpe import load_tokenizer
+    from pretrain.core.tokenizer_file import load_tokenizer
 
     tok_dir = override or ckpt.tokenizer_dir
     if tok_dir is None:

@@ -69,7 +69,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
 def _config(args: argparse.Namespace):
     from eval.config import EvalConfig
-    from pretrain.config import load_config
+    from pretrain.core.config import load_config
 
     overrides = list(args.overrides)
     if args.heldout:
@@ -175,7 +175,7 @@ def cmd_make_tasks(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pretrain.cli import dispatch
+    from pretrain.core.cli import dispatch
 
     parser = argparse.ArgumentParser(prog="python -m eval", description="score checkpoints, export to HF")
     add_subcommands(parser.add_subparsers(dest="command", required=True))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pretrain.config import check
+from pretrain.core.config import check
 
 
 def _default_prompts() -> list[str]:

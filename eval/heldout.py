@@ -46,7 +46,7 @@ def _iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _iter_parquet(path: Path) -> Iterator[dict[str, Any]]:
-    from pretrain.shards import iter_batches
+    from pretrain.core.shards import iter_batches
 
     for batch in iter_batches(path, columns=None):
         names = batch.schema.names
@@ -61,7 +61,7 @@ def _iter_parquet(path: Path) -> Iterator[dict[str, Any]]:
 def heldout_files(path: str | Path) -> list[Path]:
     """A document-shard directory (shards/*.parquet, manifest order), a directory of .parquet/.jsonl
     files, or one such file."""
-    from pretrain.shards import list_shards
+    from pretrain.core.shards import list_shards
 
     p = Path(path)
     if p.is_file():

@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from pretrain.shards import atomic_path
+from pretrain.core.files import atomic_path
 
 SKIP_TASKS = {"eval"}  # bookkeeping rows (scoring time), not scores
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.config import EvalConfig
-from pretrain.shards import atomic_path, read_json, write_json
+from pretrain.core.files import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 RESULTS = "results.jsonl"

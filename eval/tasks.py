@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pretrain.shards import atomic_path
+from pretrain.core.files import atomic_path
 
 log = logging.getLogger(__name__)
 MC_METRICS = ("acc", "acc_norm", "acc_bytes")

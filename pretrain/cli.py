@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
-from pretrain.config import ConfigError
+from pretrain.core.cli import dispatch
 
 AREAS: dict[str, tuple[str, str]] = {
     "run": ("pretrain.run", "raw documents -> scored checkpoint, resumable, one command"),
@@ -29,17 +28,6 @@ AREAS: dict[str, tuple[str, str]] = {
     "eval": ("eval.cli", "score checkpoints, watch a run, export to Hugging Face format"),
     "plan": ("pretrain.plan", "compute planner: tokens, FLOPs, memory per GPU, wall time"),
 }
-
-
-def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    """Parse, run the chosen command, and turn a config error into a one-line message (exit 2)."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
 
 
 def build_area(parser: argparse.ArgumentParser, module_name: str, dest: str = "cmd") -> None:

@@ -60,7 +60,9 @@ import sys
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from pretrain.config import ConfigError, apply_overrides, check
+from pretrain.core import accel
+from pretrain.core.accel import GPUS, PEAK_FLOPS
+from pretrain.core.config import ConfigError, apply_overrides, check
 
 CHINCHILLA_TOKENS_PER_PARAM = 20.0
 DEFAULT_GLOBAL_BATCH_TOKENS = 2**19  # ~0.5M tokens: GPT-3 small's batch; larger models use 1-4M
@@ -85,7 +87,7 @@ def _model_api() -> tuple[type, dict[str, dict[str, Any]]]:
 
 def model_config(preset: str = "tiny", **overrides: Any) -> Any:
     """trainer.model.ModelConfig of a preset with field overrides; errors name the bad field."""
-    from pretrain.config import from_dict
+    from pretrain.core.config import from_dict
 
     ModelConfig, presets = _model_api()
     check(preset in presets, "preset", preset, f"one of {sorted(presets)}")
@@ -118,13 +120,9 @@ def num_params(cfg: Any, exclude_embeddings: bool = False) -> int:
 
 
 def flops_per_token(cfg: Any, seq_len: int) -> int:
-    """Training FLOPs per token: 6 * (non-embedding params + the lm_head matmul) + 12 * L * dim * T.
-
-    Transformer.flops_per_token's convention: the embedding lookup costs nothing, attention
-    scores and the weighted sum are counted over the full T x T square.
-    """
+    """Training FLOPs per token of the shape `cfg` (core.accel's formula, as the trainer's MFU uses)."""
     n_matmul = num_params(cfg, exclude_embeddings=True) + cfg.vocab_size * cfg.dim
-    return 6 * n_matmul + 12 * cfg.num_layers * cfg.dim * seq_len
+    return accel.flops_per_token(n_matmul, cfg.num_layers, cfg.dim, seq_len)
 
 
 def chinchilla_params(compute_flops: float, tokens_per_param: float = CHINCHILLA_TOKENS_PER_PARAM) -> float:
@@ -408,24 +406,6 @@ def memory_estimate(
 # --------------------------------------------------------------------------------------------
 # Devices and the fit search
 
-# --gpu name -> (trainer.metrics.PEAK_FLOPS key, memory in datasheet GB). torch reports a little
-# less than the datasheet figure in GiB (firmware/ECC reserve), which --usable-fraction absorbs.
-GPUS: dict[str, tuple[str, float]] = {
-    "h100": ("H100 SXM", 80),
-    "h100-pcie": ("H100 PCIe", 80),
-    "h100-nvl": ("H100 NVL", 94),
-    "h200": ("H200", 141),
-    "h200-nvl": ("H200 NVL", 141),
-    "a100": ("A100", 80),
-    "a100-40gb": ("A100", 40),
-    "l40s": ("L40S", 48),
-    "l4": ("L4", 24),
-    "a10": ("A10", 24),
-    "a10g": ("A10G", 24),
-    "rtx4090": ("RTX 4090", 24),
-    "b200": ("B200", 180),
-}
-
 
 @dataclass(frozen=True)
 class Device:
@@ -438,12 +418,10 @@ class Device:
 
 
 def device_spec(gpu: str, precision: str) -> Device:
-    """A --gpu name (or `cpu`: this machine's RAM, no peak) at a precision; peaks from trainer.metrics."""
+    """A --gpu name (or `cpu`: this machine's RAM, no peak) at a precision; peaks from core.accel."""
     if gpu == "cpu":
         return Device("CPU (this machine)", _total_ram_bytes(), None, "cpu")
     check(gpu in GPUS, "gpu", gpu, f"one of {sorted(GPUS)} or cpu")
-    from trainer.metrics import PEAK_FLOPS
-
     key, gb = GPUS[gpu]
     return Device(key, gb * 2**30, PEAK_FLOPS[key]["fp32" if precision == "fp32" else "bf16"], "cuda")
 
@@ -853,7 +831,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pretrain.cli import dispatch
+    from pretrain.core.cli import dispatch
 
     parser = argparse.ArgumentParser(prog="python -m pretrain.plan", description=__doc__.splitlines()[0])
     configure(parser)

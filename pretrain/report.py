@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pretrain.shards import read_json, write_json
+from pretrain.core.files import read_json, write_json
 
 Block = tuple  # ("h2", text) | ("p", text) | ("table", headers, rows) | ("img", file, alt) | ("code", text)
 

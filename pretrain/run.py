@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pretrain.config import check, config_hash, dump_yaml, load_config, to_dict
-from pretrain.shards import read_json, write_json
+from pretrain.core.config import check, config_hash, dump_yaml, load_config, to_dict
+from pretrain.core.files import read_json, write_json
 
 STAGES = ["corpus", "data", "minhash", "split", "tokenizer", "encode", "train", "eval", "report"]
 
@@ -281,7 +281,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pretrain.cli import dispatch
+    from pretrain.core.cli import dispatch
 
     parser = argparse.ArgumentParser(prog="pretrain run")
     configure(parser)

@@ -11,9 +11,10 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from pretrain.config import from_dict
+from pretrain.core.config import from_dict
+from pretrain.core.files import read_json
+from pretrain.core.hashing import file_fingerprint
 from pretrain.run import STAGES, RunConfig, Stage, json_digest, sha256_of
-from pretrain.shards import file_fingerprint, read_json
 
 
 def _section(cfg: RunConfig, name: str) -> dict[str, Any]:
@@ -86,19 +87,20 @@ def minhash_config(run):
 
 
 def _run_data(run) -> None:
-    from data_pipeline.executor import ensure_ray, run_pipeline
+    from data_pipeline.executor import run_pipeline
+    from pretrain.core.runner import ensure_ray
 
     cfg = pipeline_config(run)
-    ensure_ray(cfg)
+    ensure_ray(cfg.ray)
     run_pipeline(cfg)
 
 
 def _run_minhash(run) -> None:
-    from data_pipeline.executor import ensure_ray
     from data_pipeline.minhash.dedup import run_minhash_dedup
+    from pretrain.core.runner import ensure_ray
 
     cfg = minhash_config(run)
-    ensure_ray(cfg)
+    ensure_ray(cfg.ray)
     run_minhash_dedup(cfg)
 
 
@@ -137,18 +139,18 @@ def _run_tokenizer(run) -> None:
 
 
 def _digest_tokenizer(run) -> str | None:
-    from tokenizer.bpe import tokenizer_hash
+    from pretrain.core.tokenizer_file import tokenizer_hash
 
     d = run.path("tokenizer")
     return tokenizer_hash(d) if (d / "tokenizer.json").exists() and (d / "report.json").exists() else None
 
 
 def _run_encode(run) -> None:
-    from data_pipeline.executor import ensure_ray
+    from pretrain.core.runner import ensure_ray
     from tokenizer.encode import run_encode
 
     cfg = encode_config(run)
-    ensure_ray(cfg)
+    ensure_ray(cfg.ray)
     run_encode(run.path("split") / "train", run.path("tokenizer"), run.path("encode"), cfg)
 
 
@@ -176,7 +178,7 @@ def train_config(run, validate_only: bool = False):
     names = sorted({s for p in phases for s in p.get("mixture", {})}) or ["web"]
     data.setdefault("sources", {n: str(run.path("encode")) for n in names})
     if not validate_only:
-        from tokenizer.bpe import load_tokenizer
+        from pretrain.core.tokenizer_file import load_tokenizer
 
         tok = load_tokenizer(run.path("tokenizer"))
         data["tokenizer_dir"] = str(run.path("tokenizer"))

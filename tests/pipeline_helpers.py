@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from data_pipeline.groundtruth import load_truth, read_outputs  # noqa: F401 - re-exported for tests
-from pretrain.shards import read_manifest
+from pretrain.core.shards import read_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 

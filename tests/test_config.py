@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from data_pipeline.config import PipelineConfig, load_pipeline_config
-from pretrain.config import ConfigError, config_hash, dump_yaml, load_config
+from pretrain.core.config import ConfigError, config_hash, dump_yaml, load_config
 
 
 def test_defaults_and_overrides(tmp_path):
@@ -66,7 +66,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 
 def test_list_index_overrides():
-    from pretrain.config import apply_overrides
+    from pretrain.core.config import apply_overrides
 
     data = {"phases": [{"seq_len": 128}, {"seq_len": 256}], "a": 1}
     apply_overrides(data, ["phases.1.seq_len=512", "b.c=2"])

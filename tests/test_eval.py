@@ -41,9 +41,9 @@ def build_eval_run(base: Path) -> dict:
     held-out documents (every 10th docstring document) as JSONL and as a Parquet document-shard dir.
     Built once per session (a DONE marker), whichever test file asks first."""
     from data_pipeline.corpus import _base_candidates
-    from pretrain.config import from_dict
-    from pretrain.shards import ShardWriter
-    from pretrain.token_shards import write_token_manifest, write_token_shard
+    from pretrain.core.config import from_dict
+    from pretrain.core.shards import ShardWriter
+    from pretrain.core.token_shards import write_token_manifest, write_token_shard
     from tokenizer.bpe import save_tokenizer, train_bpe
     from trainer.train import TrainConfig, train
 
@@ -453,7 +453,7 @@ def test_report_has_a_table_row_per_checkpoint_and_png_plots(tmp_path):
 
 
 def test_config_validation_names_the_field(tmp_path):
-    from pretrain.config import ConfigError, load_config
+    from pretrain.core.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="batch_size=0 is invalid"):
         load_config(EvalConfig, None, ["batch_size=0"])

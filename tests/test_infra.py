@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pretrain.config import load_config
+from pretrain.core.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 INFRA = REPO / "infra"

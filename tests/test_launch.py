@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pretrain.config import ConfigError, load_config
+from pretrain.core.config import ConfigError, load_config
 from tests.pipeline_helpers import REPO
 from tests.train_helpers import child_pids, losses, rank_of, write_arith_shards, write_tiny_config
 from trainer import checkpoint as ckpt

@@ -8,14 +8,14 @@ import logging
 import pytest
 import torch
 
-from trainer import metrics
+from pretrain.core import accel
+from pretrain.core.accel import mfu
 from trainer.metrics import (
     MetricsLogger,
     ProgressLine,
     Throughput,
     detect_peak_flops,
     memory_snapshot,
-    mfu,
     read_metrics,
 )
 from trainer.model import Transformer, preset
@@ -58,7 +58,7 @@ def test_torch_float32_follows_the_tf32_switch():
 
 
 def test_unknown_device_is_none_with_one_notice(caplog):
-    metrics._warned.discard("Some Future GPU")
+    accel._warned.discard("Some Future GPU")
     with caplog.at_level(logging.WARNING, logger="trainer.metrics"):
         assert detect_peak_flops("Some Future GPU", "bf16") is None
         assert detect_peak_flops("Some Future GPU", "bf16") is None

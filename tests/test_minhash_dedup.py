@@ -98,7 +98,7 @@ def test_survivor_prefers_higher_quality_score(tmp_path, ray_local):
     """Two identical documents: the one with the higher metadata quality score survives."""
     import pyarrow as pa
 
-    from pretrain.shards import DOC_SCHEMA, write_manifest, write_table
+    from pretrain.core.shards import DOC_SCHEMA, write_manifest, write_table
 
     text = " ".join(f"word{i} appears in this fairly ordinary sentence number {i}." for i in range(40))
     rows = [
@@ -124,7 +124,7 @@ def test_survivor_prefers_higher_quality_score(tmp_path, ray_local):
 def test_documents_without_shingles_are_never_clustered(tmp_path, ray_local):
     import pyarrow as pa
 
-    from pretrain.shards import DOC_SCHEMA, write_manifest, write_table
+    from pretrain.core.shards import DOC_SCHEMA, write_manifest, write_table
 
     texts = ["!!! ???", "--- ...", "*** ///", "Plain words make an ordinary short text here."]
     rows = [

@@ -23,7 +23,7 @@ from data_pipeline.minhash.shingles import (
     words_utf8,
 )
 from data_pipeline.minhash.signatures import MinHasher, estimate_jaccard, shingle_hash32
-from pretrain.config import ConfigError
+from pretrain.core.config import ConfigError
 
 TRICKY = [
     "",

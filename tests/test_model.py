@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pretrain.config import ConfigError
+from pretrain.core.config import ConfigError
 from trainer.model import (
     PRESETS,
     ModelConfig,

@@ -7,7 +7,7 @@ import pytest
 from data_pipeline.document import Doc, Reject
 from data_pipeline.stages.language import LanguageConfig
 from data_pipeline.stages.normalize import NormalizeConfig
-from pretrain.config import ConfigError
+from pretrain.core.config import ConfigError
 
 
 def _doc(text: str) -> Doc:

@@ -13,7 +13,7 @@ import pytest
 
 from data_pipeline.document import Doc
 from data_pipeline.stages.pii import PII_TYPES, PIIConfig, PIIScrubber
-from pretrain.config import ConfigError, from_dict
+from pretrain.core.config import ConfigError, from_dict
 
 SCRUBBER = PIIConfig().build()
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pretrain.config import ConfigError
+from pretrain.core.config import ConfigError
 from pretrain.plan import (
     PRECISIONS,
     chinchilla_params,
@@ -295,7 +295,7 @@ def test_estimate_matches_live_tensor_bytes(overrides, seq_len, micro_batch, ckp
 _MEASURE = """
 import json, sys
 import torch.optim.lr_scheduler, trainer.checkpoint, trainer.data, trainer.parallelize  # train() imports these first
-from pretrain.config import load_config
+from pretrain.core.config import load_config
 from trainer.metrics import read_metrics, reset_peak_memory
 from trainer.train import TrainConfig, train
 cfg = load_config(TrainConfig, sys.argv[1])
@@ -309,7 +309,7 @@ def _measured_peak_bytes(tmp: Path, preset: str, seq_len: int, micro_batch: int,
                          ckpt: bool = False, env: dict | None = None, device: str = "cpu") -> float:  # fmt: skip
     """Train `steps` steps in a fresh process (one micro-batch per step) and return the largest
     mem_peak_above_base_gib the trainer logged, in bytes."""
-    from pretrain.token_shards import write_token_manifest, write_token_shard
+    from pretrain.core.token_shards import write_token_manifest, write_token_shard
 
     vocab = model_config(preset).vocab_size
     rng = np.random.default_rng(0)

@@ -13,7 +13,7 @@ import pytest
 
 from data_pipeline.document import Doc, Reject
 from data_pipeline.stages.quality import FilterConfig, QualityConfig, QualityFilter
-from pretrain.config import ConfigError, load_config
+from pretrain.core.config import ConfigError, load_config
 
 GOOD = (
     "The river runs through the middle of the old town, and most of the houses face the water. "

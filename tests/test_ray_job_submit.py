@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.token_shards import read_token_manifest
+from pretrain.core.token_shards import read_token_manifest
 from tests.pipeline_helpers import REPO, read_outputs
 from tokenizer.bpe import load_tokenizer
 

@@ -65,8 +65,8 @@ def _run(run_dir: Path, *extra: str, timeout: int = 900) -> subprocess.Completed
 
 def _final_state(run_dir: Path) -> dict:
     """What must not depend on kills: shards, tokenizer, token shards, losses, eval values."""
+    from pretrain.core.files import read_json
     from pretrain.report import metrics_by_step
-    from pretrain.shards import read_json
     from tokenizer.bpe import tokenizer_hash
 
     def shards(d: Path) -> dict:
@@ -192,7 +192,7 @@ def test_default_run_smoke(tmp_path):
     train = facts["train"]
     assert train["phases"] == ["short", "long"] and train["skipped_steps"] == 0
     # Loss falls well below the unigram entropy of the training tokens.
-    from pretrain.token_shards import open_token_shard, read_token_manifest
+    from pretrain.core.token_shards import open_token_shard, read_token_manifest
 
     m = read_token_manifest(run_dir / "encode")
     tokens = np.concatenate([open_token_shard(m.shard_path(e)).tokens for e in m.shards])

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from pretrain.config import ConfigError, load_config
+from pretrain.core.config import ConfigError, load_config
 from trainer.schedule import (
     CurriculumConfig,
     PhaseConfig,

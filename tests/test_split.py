@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from data_pipeline.split import heldout_ids, split_heldout
-from pretrain.shards import DOC_SCHEMA, list_shards, read_table, write_manifest, write_table
+from pretrain.core.shards import DOC_SCHEMA, list_shards, read_table, write_manifest, write_table
 
 
 def _stage(root, layout: list[list[tuple[str, str]]]):

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pretrain.token_shards import (
+from pretrain.core.token_shards import (
     CorruptShardError,
     TokenizerMismatchError,
     check_tokenizer,

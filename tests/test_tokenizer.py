@@ -15,8 +15,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from pretrain.config import ConfigError, load_config
-from pretrain.shards import DOC_SCHEMA, write_manifest, write_table
+from pretrain.core.config import ConfigError, load_config
+from pretrain.core.shards import DOC_SCHEMA, write_manifest, write_table
 from tokenizer.bpe import load_tokenizer
 from tokenizer.config import TokenizerTrainConfig
 from tokenizer.sample import allocate, plan_sample
@@ -176,7 +176,7 @@ def test_allocate_water_fills_shares():
 
 
 def _drawn(stage_dir: Path, cfg) -> dict[str, tuple[set, set]]:
-    from pretrain.shards import list_shards
+    from pretrain.core.shards import list_shards
 
     plan = plan_sample(list_shards(stage_dir), cfg)
     out: dict[str, tuple[set, set]] = {s: (set(), set()) for s in plan.sources}

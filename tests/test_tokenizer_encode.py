@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pretrain.token_shards import (
+from pretrain.core.token_shards import (
     TokenizerMismatchError,
     check_tokenizer,
     open_token_shard,
@@ -202,7 +202,7 @@ def test_train_and_encode_the_data_pipeline_output(data_run, tmp_path):
     """The real chain: the data pipeline's stage directory -> tokenizer_tiny.yaml -> token shards."""
     from collections import Counter
 
-    from pretrain.config import load_config
+    from pretrain.core.config import load_config
     from tokenizer.config import TokenizerTrainConfig
 
     stage, tok = data_run["out"], tmp_path / "tok"

@@ -12,7 +12,7 @@ import pytest
 
 from data_pipeline.document import Doc, Reject
 from data_pipeline.stages.toxicity import ToxicityConfig, ToxicityFilter, WordList
-from pretrain.config import ConfigError, from_dict
+from pretrain.core.config import ConfigError, from_dict
 
 CLEAN = [
     "Popen.kill() kills the child process. On POSIX it sends SIGKILL to the child; on Windows kill() is an "

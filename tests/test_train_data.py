@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pretrain.token_shards import TokenizerMismatchError, write_token_manifest, write_token_shard
+from pretrain.core.token_shards import TokenizerMismatchError, write_token_manifest, write_token_shard
 from trainer.data import PackedStream, PrefetchLoader, load_sources
 
 EOS = 0

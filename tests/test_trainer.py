@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pretrain.config import ConfigError, to_dict
+from pretrain.core.config import ConfigError, to_dict
 from tests.train_helpers import (
     NETNS,
     VOCAB,

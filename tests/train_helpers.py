@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pretrain.token_shards import write_token_manifest, write_token_shard
+from pretrain.core.token_shards import write_token_manifest, write_token_shard
 
 VOCAB = 512
 # torch's TCPStore (torchrun's rendezvous) listens on every interface whatever host it is given,
@@ -85,7 +85,7 @@ def write_tiny_config(shards: Path, run_dir: Path, **top) -> Path:
 
 def tiny_train_config(shards: Path, run_dir: Path, overrides=(), **top):
     """The tiny TrainConfig, loaded from its YAML with dotted overrides like the CLI does."""
-    from pretrain.config import load_config
+    from pretrain.core.config import load_config
     from trainer.train import TrainConfig
 
     return load_config(TrainConfig, write_tiny_config(shards, run_dir, **top), list(overrides))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pretrain.config import dump_yaml, load_config
+from pretrain.core.config import dump_yaml, load_config
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
@@ -76,7 +76,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(dump_yaml(cfg), end="")
         return 0
-    from data_pipeline.executor import PipelineError, clean_output
+    from data_pipeline.executor import clean_output
+    from pretrain.core.runner import PipelineError
     from tokenizer.encode import run_encode
 
     if args.restart:
@@ -130,7 +131,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m tokenizer") -> int:
-    from pretrain.cli import dispatch
+    from pretrain.core.cli import dispatch
 
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     add_subcommands(parser.add_subparsers(dest="cmd", required=True))

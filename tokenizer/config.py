@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from data_pipeline.config import RayConfig
-from pretrain.config import check, to_dict
+from pretrain.core.config import check, to_dict
+from pretrain.core.runner import RayConfig
 from tokenizer.bpe import DEFAULT_NUM_RESERVED, special_tokens
 
 

@@ -23,17 +23,13 @@ from urllib.parse import quote
 
 import numpy as np
 
-from data_pipeline.tasks import load_done, maybe_crash, output_sizes
-from pretrain.config import dump_yaml
-from pretrain.shards import (
-    file_fingerprint,
-    iter_batches,
-    list_shards,
-    read_manifest,
-    sha256_file,
-    write_json,
-)
-from pretrain.token_shards import token_dtype, write_token_manifest, write_token_shard
+from data_pipeline.tasks import maybe_crash
+from pretrain.core.config import dump_yaml
+from pretrain.core.done import load_done, output_sizes
+from pretrain.core.files import write_json
+from pretrain.core.hashing import file_fingerprint, sha256_file
+from pretrain.core.shards import iter_batches, list_shards, read_manifest
+from pretrain.core.token_shards import token_dtype, write_token_manifest, write_token_shard
 from tokenizer.bpe import BPETokenizer, load_tokenizer
 from tokenizer.config import TokenizerEncodeConfig
 from tokenizer.sample import byte_lengths
@@ -122,8 +118,8 @@ def run_encode(
     input_dir: str | Path, tok_dir: str | Path, out_dir: str | Path, cfg: TokenizerEncodeConfig
 ) -> dict[str, Any]:
     """Encode every document shard of INPUT (skipping finished ones); write the manifest and stats."""
-    from data_pipeline.executor import raise_errors, run_tasks
-    from data_pipeline.progress import Progress
+    from pretrain.core.progress import Progress
+    from pretrain.core.runner import raise_errors, run_tasks
 
     t_start = time.perf_counter()
     inp, out = Path(input_dir), Path(out_dir)
@@ -159,7 +155,7 @@ def run_encode(
     progress = Progress(enabled=cfg.progress)
     progress.start("encode", total=len(shards), done=len(shards) - len(jobs))
     t_tasks = time.perf_counter()
-    results, errors = run_tasks(encode_shard, jobs, run_cfg, progress, "encode")
+    results, errors = run_tasks(encode_shard, jobs, run_cfg.ray, progress, "encode")
     t_tasks = time.perf_counter() - t_tasks
     progress.stop()
     records.update(results)

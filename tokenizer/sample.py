@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pretrain.shards import iter_batches
+from pretrain.core.shards import iter_batches
 from tokenizer.config import TokenizerTrainConfig
 
 

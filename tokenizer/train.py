@@ -18,8 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pretrain.config import config_hash, dump_yaml, to_dict
-from pretrain.shards import list_shards, read_json, read_manifest, sha256_file, write_json
+from pretrain.core.config import config_hash, dump_yaml, to_dict
+from pretrain.core.files import read_json, write_json
+from pretrain.core.hashing import sha256_file
+from pretrain.core.shards import list_shards, read_manifest
 from tokenizer.bpe import BPETokenizer, save_tokenizer, special_tokens, tokenizer_hash, train_bpe
 from tokenizer.config import TokenizerTrainConfig
 from tokenizer.sample import SamplePlan, plan_sample

@@ -30,7 +30,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from pretrain.shards import read_json, write_json
+from pretrain.core.files import read_json, write_json
 from trainer.parallelize import barrier
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")

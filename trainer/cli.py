@@ -23,7 +23,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pretrain.config import dump_yaml, load_config
+    from pretrain.core.config import dump_yaml, load_config
     from trainer.schedule import Timeline
     from trainer.train import TrainConfig, train
 
@@ -54,7 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pretrain.cli import dispatch
+    from pretrain.core.cli import dispatch
 
     parser = argparse.ArgumentParser(prog="python -m trainer")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from pretrain.token_shards import TokenShard, check_tokenizer, open_token_shard, read_token_manifest
+from pretrain.core.token_shards import TokenShard, check_tokenizer, open_token_shard, read_token_manifest
 
 STATE_VERSION = 1
 MIX_BLOCK = 4096  # mixture draws are made in seeded blocks so any global index is cheap to reach

@@ -101,7 +101,7 @@ def _stop(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
 
 def launch_local(cfg: TrainConfig, poll_s: float = 0.2) -> dict[str, Any]:
     """Train `cfg` in `cfg.nproc` local processes; returns rank 0's summary."""
-    from pretrain.config import dump_yaml
+    from pretrain.core.config import dump_yaml
 
     nproc = cfg.nproc
     if nproc < 2:

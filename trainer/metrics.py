@@ -25,89 +25,11 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from pretrain.core.accel import peak_flops_for_name
+
 log = logging.getLogger(__name__)
 
-# Dense (no 2:4 sparsity) peak tensor-core FLOP/s per GPU. Datasheets print the sparse figure
-# with an asterisk; the dense figure is half of it. fp16 equals bf16 on every part listed.
-# "fp32" is the non-tensor-core rate (torch.set_float32_matmul_precision("highest")); "tf32" is what
-# fp32 matmuls get with the default-off TF32 switch turned on.
-PEAK_FLOPS: dict[str, dict[str, float]] = {
-    # NVIDIA H100 datasheet (nvidia.com/en-us/data-center/h100): SXM BF16 1,979 sparse, TF32 989
-    # sparse, FP32 67; PCIe BF16 1,513 sparse, TF32 756 sparse, FP32 51; NVL BF16 1,671 sparse, FP32 60.
-    "H100 SXM": {"bf16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12},
-    "H100 PCIe": {"bf16": 756e12, "tf32": 378e12, "fp32": 51.2e12},
-    "H100 NVL": {"bf16": 835.5e12, "tf32": 417.5e12, "fp32": 60e12},
-    # NVIDIA H200 datasheet (nvidia.com/en-us/data-center/h200): SXM same tensor rates as H100 SXM
-    # (BF16 1,979 sparse), FP32 67; H200 NVL BF16 1,671 sparse, FP32 60. GH200 = H100 SXM rates.
-    "H200": {"bf16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12},
-    "H200 NVL": {"bf16": 835.5e12, "tf32": 417.5e12, "fp32": 60e12},
-    # NVIDIA A100 datasheet (nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf): BF16 312,
-    # TF32 156, FP32 19.5 dense; the same for 40/80 GB and SXM4/PCIe.
-    "A100": {"bf16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
-    # NVIDIA L4 datasheet: BF16 242 sparse, TF32 120 sparse, FP32 30.3.
-    "L4": {"bf16": 121e12, "tf32": 60e12, "fp32": 30.3e12},
-    # NVIDIA L40S datasheet: BF16 362.05 dense (733 sparse), TF32 183 dense, FP32 91.6.
-    "L40S": {"bf16": 362.05e12, "tf32": 183e12, "fp32": 91.6e12},
-    # NVIDIA A10 datasheet: BF16 125 dense (250 sparse), TF32 62.5 dense, FP32 31.2.
-    "A10": {"bf16": 125e12, "tf32": 62.5e12, "fp32": 31.2e12},
-    # A10G (AWS G5) has no NVIDIA datasheet: 80 SMs with GeForce-rate (half) fp32-accumulate tensor
-    # cores, the commonly quoted ~70 TFLOPS BF16 dense and ~35 TFLOPS FP32. Least certain row here.
-    "A10G": {"bf16": 70e12, "tf32": 35e12, "fp32": 35e12},
-    # NVIDIA Ada Lovelace architecture whitepaper (RTX 4090): FP16/BF16 tensor with FP32 accumulate
-    # 165.2 dense (330.3 is with FP16 accumulate or sparsity), TF32 82.6 dense, FP32 82.6.
-    "RTX 4090": {"bf16": 165.2e12, "tf32": 82.6e12, "fp32": 82.6e12},
-    # NVIDIA HGX B200 datasheet, 8 GPUs: FP16/BF16 36 PFLOPS sparse, TF32 18 PFLOPS sparse,
-    # FP32 600 TFLOPS -> per GPU 2.25 PF / 1.125 PF dense / 75 TF (GB200 parts run faster clocks).
-    "B200": {"bf16": 2.25e15, "tf32": 1.125e15, "fp32": 75e12},
-}
-
-# torch.cuda.get_device_name() -> table key; first match wins, so specific names come first.
-# Examples: "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H200", "NVIDIA A100-SXM4-80GB",
-# "NVIDIA A100 80GB PCIe", "NVIDIA L40S", "NVIDIA A10G", "NVIDIA GeForce RTX 4090", "NVIDIA B200".
-_NAME_PATTERNS: list[tuple[str, str]] = [
-    (r"H100.*NVL", "H100 NVL"),
-    (r"H100.*PCIe", "H100 PCIe"),
-    (r"GH200", "H100 SXM"),
-    (r"H200.*NVL", "H200 NVL"),
-    (r"H200", "H200"),
-    (r"H100", "H100 SXM"),
-    (r"A100", "A100"),
-    (r"L40S", "L40S"),
-    (r"\bL4\b", "L4"),
-    (r"A10G", "A10G"),
-    (r"\bA10\b", "A10"),
-    (r"RTX 4090", "RTX 4090"),
-    (r"\bB200", "B200"),
-]
 _DEVICE_SPEC = re.compile(r"^(cpu|cuda|mps|xpu|meta)(:\d+)?$")
-_warned: set[str] = set()
-
-
-def _precision(dtype: Any) -> str:
-    """bf16 | fp16 | tf32 | fp32 from a string or torch dtype (torch.float32 follows the TF32 switch)."""
-    if isinstance(dtype, str):
-        key = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32"}.get(dtype, dtype)
-    else:
-        import torch
-
-        if dtype == torch.float32:
-            return "fp32" if torch.get_float32_matmul_precision() == "highest" else "tf32"
-        key = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
-    if key not in ("bf16", "fp16", "tf32", "fp32"):
-        raise ValueError(f"dtype={dtype!r}: expected one of bf16, fp16, tf32, fp32 or a torch float dtype")
-    return key
-
-
-def peak_flops_for_name(device_name: str, dtype: Any = "bf16") -> float | None:
-    """Dense peak FLOP/s of one device named like torch.cuda.get_device_name(); None if unknown."""
-    precision = _precision(dtype)
-    for pattern, key in _NAME_PATTERNS:
-        if re.search(pattern, device_name):
-            return PEAK_FLOPS[key]["bf16" if precision == "fp16" else precision]
-    if device_name not in _warned:
-        _warned.add(device_name)
-        log.warning("metrics: no peak-FLOPs entry for device %r; MFU will not be reported", device_name)
-    return None
 
 
 def detect_peak_flops(device: Any, dtype: Any = "bf16") -> float | None:
@@ -139,16 +61,6 @@ def measure_matmul_flops(dtype: Any = None, n: int = 1024, repeats: int = 5) -> 
         a @ b
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best
-
-
-def mfu(
-    flops_per_token: float, tokens_per_s: float, peak_flops: float | None, num_devices: int = 1
-) -> float | None:
-    """Model FLOPs utilisation in [0, 1]: achieved / peak. `tokens_per_s` is the throughput over all
-    `num_devices` together; None when the peak is unknown (CPU, unlisted GPU)."""
-    if peak_flops is None or peak_flops <= 0:
-        return None
-    return flops_per_token * tokens_per_s / (peak_flops * num_devices)
 
 
 class Throughput:

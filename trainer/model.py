@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretrain.core import accel
 from trainer.model_config import PRESETS, ModelConfig, preset  # noqa: F401 (re-exported)
 
 
@@ -170,16 +171,11 @@ class Transformer(nn.Module):
         return n
 
     def flops_per_token(self, seq_len: int) -> int:
-        """Training FLOPs per token (forward + backward), the PaLM / nanoGPT convention:
-
-        6 * N + 12 * num_layers * dim * seq_len, where N = non-embedding params + the lm_head matmul
-        (vocab * dim; the embedding lookup costs no FLOPs) and the second term is QK^T and AV
-        (2 matmuls * 2 FLOPs * seq_len * dim per layer forward, x3 for backward), counted over the
-        full T x T square even though causal kernels skip half of it.
-        """
+        """Training FLOPs per token (forward + backward): core.accel's formula over this model's
+        matmul parameters (non-embedding params + the lm_head's vocab * dim)."""
         cfg = self.cfg
         n = self.num_params(exclude_embeddings=True) + cfg.vocab_size * cfg.dim
-        return 6 * n + 12 * cfg.num_layers * cfg.dim * seq_len
+        return accel.flops_per_token(n, cfg.num_layers, cfg.dim, seq_len)
 
     def hf_state_dict_names(self) -> dict[str, str]:
         """Our state_dict key -> HF LlamaForCausalLM key; a tied lm_head is omitted (HF re-ties it)."""

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from pretrain.config import check
+from pretrain.core.config import check
 
 
 @dataclass

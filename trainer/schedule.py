@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pretrain.config import ConfigError, check
+from pretrain.core.config import ConfigError, check
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pretrain.config import ConfigError, check, to_dict
+from pretrain.core.config import ConfigError, check, to_dict
 from trainer.schedule import CurriculumConfig, Timeline, default_tiny_curriculum
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         check(len(self.sources) > 0, "sources", self.sources, "at least one source: name -> manifest dir")
         if self.tokenizer_dir is not None:
-            from tokenizer.bpe import load_tokenizer
+            from pretrain.core.tokenizer_file import load_tokenizer
 
             tok = load_tokenizer(self.tokenizer_dir)
             check(
@@ -325,7 +325,7 @@ class Trainer:
         import torch
         from torch.optim.lr_scheduler import LambdaLR
 
-        from pretrain.config import dump_yaml
+        from pretrain.core.config import dump_yaml
         from trainer import checkpoint as ckpt
         from trainer.data import PackedStream, load_sources
         from trainer.metrics import (
@@ -468,7 +468,8 @@ class Trainer:
         """One optimizer step: batch, accumulation, clip, guards, update, metrics row, checkpoint."""
         import torch
 
-        from trainer.metrics import memory_snapshot, mfu
+        from pretrain.core.accel import mfu
+        from trainer.metrics import memory_snapshot
         from trainer.parallelize import all_reduce_mean
 
         cfg, model, device, step = self.cfg, self.model, self.device, self.step_num

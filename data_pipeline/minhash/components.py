@@ -26,7 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pretrain.shards import atomic_path, file_fingerprint, read_json, write_json
+from pretrain.core.files import atomic_path, read_json, write_json
+from pretrain.core.hashing import file_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +264,7 @@ def _components_task(inputs: list[str], partition: int, num_partitions: int, out
 
 def _run(fn: Callable, jobs: list[tuple]) -> list[dict]:
     """Ray tasks fn(*job), results in job order; any failure raises PipelineError naming each."""
-    from data_pipeline.executor import raise_errors, ray_map
+    from pretrain.core.runner import raise_errors, ray_map
 
     results, errors = ray_map(fn, [(f"{fn.__name__}[{i}]", job) for i, job in enumerate(jobs)])
     raise_errors(errors, fn.__name__)

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from data_pipeline.config import RayConfig
-from pretrain.config import check, config_hash, dump_yaml, load_config, to_dict
+from pretrain.core.config import check, config_hash, dump_yaml, load_config, to_dict
+from pretrain.core.runner import RayConfig
 
 
 @dataclass
@@ -103,14 +103,16 @@ def load_minhash_config(
 
 
 def run_minhash_dedup(cfg: MinHashRunConfig) -> dict[str, Any]:
-    from data_pipeline.executor import raise_errors, run_tasks
     from data_pipeline.minhash import steps
     from data_pipeline.minhash.components import components
     from data_pipeline.minhash.lsh import format_s_curve
-    from data_pipeline.progress import Progress
     from data_pipeline.summary import write_summary
-    from data_pipeline.tasks import load_done
-    from pretrain.shards import file_fingerprint, list_shards, read_json, write_json, write_manifest
+    from pretrain.core.done import load_done
+    from pretrain.core.files import read_json, write_json
+    from pretrain.core.hashing import file_fingerprint
+    from pretrain.core.progress import Progress
+    from pretrain.core.runner import raise_errors, run_tasks
+    from pretrain.core.shards import list_shards, write_manifest
 
     t_start = time.perf_counter()
     mh = cfg.minhash
@@ -138,7 +140,7 @@ def run_minhash_dedup(cfg: MinHashRunConfig) -> dict[str, Any]:
             else:
                 todo.append((key, args))
         progress.start(name, total=len(keyed_jobs), done=len(keyed_jobs) - len(todo))
-        results, errors = run_tasks(fn, todo, cfg, progress, name)
+        results, errors = run_tasks(fn, todo, cfg.ray, progress, name)
         raise_errors(errors, name)
         return done | results
 
@@ -181,9 +183,9 @@ def run_minhash_dedup(cfg: MinHashRunConfig) -> dict[str, Any]:
         ],
     )
     edge_files = [str(work / "edges" / f"p={p:05d}.parquet") for p in range(P)]
-    from data_pipeline.executor import ensure_ray
+    from pretrain.core.runner import ensure_ray
 
-    ensure_ray(cfg)
+    ensure_ray(cfg.ray)
     cc_dir = work / f"cc-{vfp}"
     cc = components(edge_files, str(cc_dir), P, small_edge_limit=mh.union_find_max_edges)
     comp_files = cc["component_files"]

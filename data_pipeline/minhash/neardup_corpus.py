@@ -248,7 +248,7 @@ def generate_neardup_corpus(
     """Write the stage directory and truth.jsonl under `out_dir`; return a summary dict."""
     import pyarrow as pa
 
-    from pretrain.shards import DOC_SCHEMA, write_manifest, write_table
+    from pretrain.core.shards import DOC_SCHEMA, write_manifest, write_table
 
     t0 = time.perf_counter()
     out = Path(out_dir)

@@ -30,7 +30,7 @@ from itertools import chain
 import numpy as np
 
 from data_pipeline.minhash.shingles import normalize_for_shingles, words_utf8
-from pretrain.config import check
+from pretrain.core.config import check
 
 SCHEME = "affine32"
 HASH_NAME = "tok64-horner-fmix64hi32-v1"  # word tokens: xxh3_64 (xxhash, seed 0); chars: fmix64

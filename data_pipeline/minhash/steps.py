@@ -27,8 +27,9 @@ import pyarrow.parquet as pq
 
 from data_pipeline.document import Reject
 from data_pipeline.minhash.components import partition_of
-from data_pipeline.tasks import output_sizes
-from pretrain.shards import write_json, write_table
+from pretrain.core.done import output_sizes
+from pretrain.core.files import write_json
+from pretrain.core.shards import write_table
 
 LAYOUT_VERSION = 2  # bump when a step's files change shape, so old _work records are not reused
 BAND_SCHEMA = pa.schema([("band", pa.int32()), ("key", pa.uint64()), ("node", pa.int64())])

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from data_pipeline.document import Doc, Reject, Stage
-from pretrain.config import check
+from pretrain.core.config import check
 
 
 @dataclass

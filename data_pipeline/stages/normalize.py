@@ -11,7 +11,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from data_pipeline.document import Doc, Reject, Stage
-from pretrain.config import check
+from pretrain.core.config import check
 
 # C0/C1 controls except tab and newline; also the Unicode line/paragraph separators and BOM.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff]")

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from data_pipeline.document import Doc, Reject, Stage
-from pretrain.config import check
+from pretrain.core.config import check
 
 # Priority order: when two finds overlap, the earlier type wins (a secret's value may hold digits
 # or an '@'; an IBAN or card number holds phone-like digit groups).

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from data_pipeline.document import Doc, Reject, Stage
-from pretrain.config import check
+from pretrain.core.config import check
 
 # Config name -> (datatrove class, prefix for its reasons). Order is FineWeb's pipeline order.
 FILTERS: dict[str, tuple[str, str]] = {

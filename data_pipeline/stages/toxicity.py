@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from data_pipeline.document import Doc, Reject, Stage
-from pretrain.config import check
+from pretrain.core.config import check
 
 # Letters and digits, so "f*ck" in a list and "f*ck" in a text tokenize alike: ("f", "ck").
 _TOKEN = re.compile(r"[^\W_]+")

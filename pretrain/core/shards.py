@@ -8,16 +8,15 @@ to a temporary name and renamed when complete, so a reader never sees a half-wri
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pretrain.core.files import atomic_path, read_json, write_json
+from pretrain.core.hashing import sha256_file
 
 DOC_SCHEMA = pa.schema(
     [
@@ -42,45 +41,6 @@ PARQUET_OPTS = {
     "use_dictionary": ["source", "stage", "reason"],
 }
 MANIFEST_VERSION = 1
-
-
-def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def file_fingerprint(path: str | Path) -> dict[str, Any]:
-    """Cheap identity of an input file (size + mtime) used to decide whether a shard must be redone."""
-    st = os.stat(path)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it over `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
 
 
 class ShardWriter:

@@ -20,7 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from pretrain.shards import atomic_path, read_json, sha256_file, write_json
+from pretrain.core.files import atomic_path, read_json, write_json
+from pretrain.core.hashing import sha256_file
 
 TOKEN_SHARD_VERSION = 1
 TOKEN_MANIFEST_VERSION = 1

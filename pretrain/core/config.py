@@ -8,14 +8,14 @@ Every error names the dotted field, the bad value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 import yaml
+
+from pretrain.core.hashing import json_digest
 
 T = TypeVar("T")
 
@@ -179,5 +179,4 @@ def dump_yaml(cfg: Any) -> str:
 
 def config_hash(cfg: Any) -> str:
     """Stable short hash of a config (or any to_dict-able value), for manifests and resume checks."""
-    blob = json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return json_digest(to_dict(cfg))[:16]

@@ -1,0 +1,1 @@
+"""The shared core: contracts and plumbing every folder uses, importing no stage (see README.md)."""
