@@ -38,13 +38,14 @@ import torch  # noqa: E402
 
 def setup(args: argparse.Namespace, work: Path):
     """Tokenizer, checkpoint, HF export and the token lists of the documents."""
-    from data_pipeline.corpus import _base_candidates
+    from data_pipeline.corpus import base_texts
     from eval.export import export_checkpoint
-    from tokenizer.bpe import load_tokenizer, save_tokenizer, train_bpe
+    from pretrain.core.tokenizer_file import load_tokenizer
+    from tokenizer.bpe import save_tokenizer, train_bpe
     from trainer.checkpoint import save_checkpoint
     from trainer.model import Transformer, preset
 
-    texts = [t for _, t in _base_candidates()]
+    texts = [t for _, t in base_texts()]
     save_tokenizer(train_bpe(texts, vocab_size=args.vocab_size), work / "tok")
     tok = load_tokenizer(work / "tok")
     overrides = {"vocab_size": max(args.vocab_size, tok.vocab_size)}

@@ -69,9 +69,9 @@ PHASE_RECORDS = {
 
 def build_docs(num_docs: int, seed: int) -> list[str]:
     """`num_docs` texts of 2-3 base documents each (about 1.7 KB), seeded."""
-    from data_pipeline.corpus import _base_candidates
+    from data_pipeline.corpus import base_texts
 
-    base = [text for _, text in _base_candidates()]
+    base = [text for _, text in base_texts()]
     rng = random.Random(seed)
     return ["\n".join(rng.sample(base, rng.randint(2, 3))) for _ in range(num_docs)]
 
@@ -159,10 +159,10 @@ def measure_signatures(docs: list[str]) -> dict[str, float]:
 
 def sentence_pool() -> list[str]:
     """Distinct English sentences of 6-30 words from the tiny corpus (Python's own prose)."""
-    from data_pipeline.corpus import _base_candidates
+    from data_pipeline.corpus import base_texts
 
     pool = set()
-    for _, text in _base_candidates():
+    for _, text in base_texts():
         for s in re.split(r"(?<=[.!?])\s+", text):
             if 6 <= len(s.split()) <= 30:
                 pool.add(s.strip())

@@ -192,7 +192,7 @@ def bench_encode(stage: Path, tok_dir: str, work: Path, rounds: int) -> dict:
     from pretrain.core.files import read_json, write_json
     from pretrain.core.runner import RayConfig, ensure_ray
     from pretrain.core.shards import list_shards, read_table
-    from tokenizer.bpe import load_tokenizer
+    from pretrain.core.tokenizer_file import load_tokenizer
     from tokenizer.config import TokenizerEncodeConfig
     from tokenizer.encode import run_encode
 

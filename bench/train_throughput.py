@@ -32,12 +32,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pretrain.core.token_shards import write_token_manifest, write_token_shard  # noqa: E402
 from pretrain.core.accel import mfu  # noqa: E402
+from pretrain.core.token_shards import write_token_manifest, write_token_shard  # noqa: E402
+from trainer.config import CheckpointConfig, DataConfig, MetricsConfig, TrainConfig  # noqa: E402
 from trainer.metrics import measure_matmul_flops, memory_snapshot  # noqa: E402
 from trainer.model import Transformer, preset  # noqa: E402
 from trainer.schedule import CurriculumConfig, PhaseConfig, ScheduleConfig  # noqa: E402
-from trainer.train import CheckpointConfig, DataConfig, MetricsConfig  # noqa: E402
+from trainer.train import Trainer  # noqa: E402
 
 EOS = 0
 
@@ -102,8 +103,6 @@ class OurLoop:
     memory snapshot every 10 steps), on a one-phase curriculum over shards written to a temp dir."""
 
     def __init__(self, args: argparse.Namespace, device: torch.device, work: Path, total_steps: int):
-        from trainer.train import TrainConfig, Trainer
-
         vocab = preset(args.preset).vocab_size
         write_shards(work / "tok", vocab)
         batch_tokens = args.batch_size * args.seq_len
@@ -134,11 +133,11 @@ class OurLoop:
         self.trainer = Trainer(cfg)
         self.model = self.trainer.fwd
         self.flops_per_token = self.trainer.flops_per_token[args.seq_len]
-        self.peak = self.trainer.peak_flops
+        self.peak = self.trainer.metrics.peak_flops
 
     @property
     def data_wait_fraction(self) -> float:
-        return self.trainer.tput.data_wait_fraction
+        return self.trainer.metrics.tput.data_wait_fraction
 
     def step(self, i: int) -> None:
         self.trainer.step()

@@ -10,20 +10,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 
 from data_pipeline.config import ALL_STAGES, STAGE_ORDER, load_pipeline_config
+from data_pipeline.corpus import generate_corpus
+from data_pipeline.executor import run_pipeline
+from data_pipeline.groundtruth import print_score, score_run
+from data_pipeline.minhash.dedup import load_minhash_config, run_minhash_dedup
+from data_pipeline.minhash.lsh import format_s_curve
+from data_pipeline.readers import discover_inputs
+from pretrain.core.cli import add_config_args, dispatch
 from pretrain.core.config import dump_yaml
+from pretrain.core.runner import PipelineError
 
 STAGE_COMMANDS = {s.replace("_", "-"): s for s in ALL_STAGES}
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run every enabled stage: input -> document shards")
-    p.add_argument("--config", help="YAML config (defaults apply to missing fields)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. quality.c4.enabled=false")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and inputs, run nothing")
-    p.add_argument("--restart", action="store_true", help="delete output_dir first instead of resuming")
+    add_config_args(
+        p,
+        overrides_help="dotted overrides, e.g. quality.c4.enabled=false",
+        dry_run_help="print the resolved config and inputs, run nothing",
+        restart_help="delete output_dir first instead of resuming",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("generate-corpus", help="write the deterministic tiny corpus with ground truth")
@@ -35,10 +46,12 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("minhash", help="MinHash near-duplicate removal over a stage directory")
     p.add_argument("--input", required=True, help="stage directory with shards/ (e.g. runs/data)")
     p.add_argument("--output", required=True, help="output stage directory")
-    p.add_argument("--config", help="YAML with minhash:/ray: sections")
-    p.add_argument("overrides", nargs="*", help="e.g. minhash.threshold=0.7 minhash.num_perm=256")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and the S-curve")
-    p.add_argument("--restart", action="store_true", help="delete the output directory first")
+    add_config_args(
+        p,
+        config_help="YAML with minhash:/ray: sections",
+        overrides_help="e.g. minhash.threshold=0.7 minhash.num_perm=256",
+        dry_run_help="print the resolved config and the S-curve",
+    )
     p.set_defaults(func=cmd_minhash)
 
     p = sub.add_parser("score", help="score a run against the generated corpus's ground truth")
@@ -51,10 +64,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         p = sub.add_parser(cmd, help=f"run only the {stage} stage (input: raw files or a stage directory)")
         p.add_argument("--input", required=True, nargs="+", help="files, folders, globs or a stage directory")
         p.add_argument("--output", required=True, help="output stage directory")
-        p.add_argument("--config", help="YAML config for the stage's settings")
-        p.add_argument("overrides", nargs="*")
-        p.add_argument("--dry-run", action="store_true")
-        p.add_argument("--restart", action="store_true")
+        add_config_args(p, config_help="YAML config for the stage's settings")
         p.set_defaults(func=cmd_run, only_stage=stage)
 
 
@@ -66,8 +76,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides += [f"{s}.enabled={'true' if s == only else 'false'}" for s in ALL_STAGES]
     cfg = load_pipeline_config(args.config, overrides)
     if args.dry_run:
-        from data_pipeline.readers import discover_inputs
-
         print(dump_yaml(cfg), end="")
         units = discover_inputs(cfg.input)
         stages = [s for s in STAGE_ORDER if getattr(cfg, s).enabled]
@@ -76,11 +84,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{' -> exact_dedup' if cfg.exact_dedup.enabled else ''}"
         )
         return 0
-    from data_pipeline.executor import clean_output, run_pipeline
-    from pretrain.core.runner import PipelineError
-
     if args.restart:
-        clean_output(cfg.output_dir)
+        shutil.rmtree(cfg.output_dir, ignore_errors=True)
     try:
         stats = run_pipeline(cfg)
     except PipelineError as e:
@@ -94,25 +99,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_minhash(args: argparse.Namespace) -> int:
-    from data_pipeline.minhash.dedup import load_minhash_config
-
     cfg = load_minhash_config(
         args.config, [f"input_dir={args.input}", f"output_dir={args.output}", *args.overrides]
     )
     if args.dry_run:
-        from data_pipeline.minhash.lsh import format_s_curve
-
         print(dump_yaml(cfg), end="")
         bands, rows = cfg.minhash.bands_rows()
         mh = cfg.minhash
         print(format_s_curve(bands, rows, mh.num_perm, mh.verify_threshold if mh.verify else None))
         return 0
-    from data_pipeline.executor import clean_output
-    from data_pipeline.minhash.dedup import run_minhash_dedup
-    from pretrain.core.runner import PipelineError
-
     if args.restart:
-        clean_output(cfg.output_dir)
+        shutil.rmtree(cfg.output_dir, ignore_errors=True)
     try:
         stats = run_minhash_dedup(cfg)
     except PipelineError as e:
@@ -128,16 +125,12 @@ def cmd_minhash(args: argparse.Namespace) -> int:
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
-    from data_pipeline.corpus import generate_corpus
-
     info = generate_corpus(args.out, seed=args.seed, num_base_docs=args.num_base_docs)
     print(json.dumps(info, indent=2, default=str))
     return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from data_pipeline.groundtruth import print_score, score_run
-
     score = score_run(args.corpus, args.run)
     if args.json:
         print(json.dumps(score, indent=2))
@@ -147,8 +140,6 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m data_pipeline") -> int:
-    from pretrain.core.cli import dispatch
-
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     add_subcommands(parser.add_subparsers(dest="cmd", required=True))
     return dispatch(parser, argv)

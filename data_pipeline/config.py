@@ -15,8 +15,8 @@ from data_pipeline.stages.normalize import NormalizeConfig
 from data_pipeline.stages.pii import PIIConfig
 from data_pipeline.stages.quality import QualityConfig
 from data_pipeline.stages.toxicity import ToxicityConfig
-from pretrain.core.config import check, load_config
-from pretrain.core.runner import RayConfig
+from pretrain.core.config import check, load_config, to_dict
+from pretrain.core.sections import TaskConfig
 
 # Order of the fused per-document chain; exact dedup runs after it across the whole run.
 STAGE_ORDER = ("normalize", "language", "quality", "pii", "toxicity")
@@ -38,7 +38,9 @@ class ExactDedupConfig:
 
 
 @dataclass
-class PipelineConfig:
+class PipelineConfig(TaskConfig):
+    """The whole chain; `ray`, `batch_rows` and `progress` come from TaskConfig."""
+
     output_dir: str = "runs/data"
     """Stage directory: shards/, rejects/, manifest.json, stats.json, summary.md, config.yaml."""
     input: InputConfig = field(default_factory=InputConfig)
@@ -48,16 +50,11 @@ class PipelineConfig:
     pii: PIIConfig = field(default_factory=PIIConfig)
     toxicity: ToxicityConfig = field(default_factory=ToxicityConfig)
     exact_dedup: ExactDedupConfig = field(default_factory=ExactDedupConfig)
-    ray: RayConfig = field(default_factory=RayConfig)
-    batch_rows: int = 1000
-    """Documents per batch inside a task (bounds memory; one Parquet row group per batch)."""
     num_example_rejects: int = 3
     """Example rejects per reason shown in the summary."""
-    progress: bool = True
-    """Show a live progress display (a plain line per update when not on a terminal)."""
 
     def __post_init__(self) -> None:
-        check(self.batch_rows >= 1, "batch_rows", self.batch_rows, ">= 1")
+        super().__post_init__()
         check(bool(self.output_dir), "output_dir", self.output_dir, "a folder path")
 
     def stage_configs(self) -> list[tuple[str, object]]:
@@ -65,8 +62,6 @@ class PipelineConfig:
 
     def chain_identity(self) -> dict:
         """What determines a shard's chain output (not Ray, progress or output placement)."""
-        from pretrain.core.config import to_dict
-
         return {
             "input": to_dict(self.input) | {"paths": None},
             "batch_rows": self.batch_rows,

@@ -12,14 +12,14 @@ a pure function of input and config: the same for 1 or N workers.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 from data_pipeline.config import STAGE_ORDER, PipelineConfig
-from data_pipeline.readers import InputUnit, discover_inputs
+from data_pipeline.readers import InputUnit, SkippedFile, format_skipped, scan_inputs
+from data_pipeline.summary import write_summary
 from data_pipeline.tasks import dedup_partition, finalize_shard, run_chain
 from pretrain.core.config import config_hash, dump_yaml, to_dict
 from pretrain.core.done import load_done
@@ -37,8 +37,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_yaml(cfg))
-    units = discover_inputs(cfg.input)
-    names = [u.name for u in units]
+    scan = scan_inputs(cfg.input)
+    units = scan.units
+    if scan.skipped:  # said once here and in stats.json / summary.md, never per task
+        log.warning("skipped %d input files: %s", len(scan.skipped), format_skipped(scan.skipped))
+    names = [u.stem for u in units]
     chain_id = config_hash(cfg.chain_identity() | {"exact_dedup": to_dict(cfg.exact_dedup)})
     progress = Progress(enabled=cfg.progress)
 
@@ -50,11 +53,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             "input": file_fingerprint(u.path) if u.format != "text" else _dir_fingerprint(u.path),
             "config": chain_id,
         }
-        rec = load_done(out, out / "_work" / "chain" / f"{u.name}.done.json", fp)
+        rec = load_done(out, out / "_work" / "chain" / f"{u.stem}.done.json", fp)
         if rec is not None:
-            chain[u.name] = rec
+            chain[u.stem] = rec
         else:
-            jobs.append((u.name, (u, cfg, str(out), fp)))
+            jobs.append((u.stem, (u, cfg, str(out), fp)))
     progress.start("chain", total=len(units), done=len(units) - len(jobs))
     results, errors = run_tasks(run_chain, jobs, cfg.ray, progress, "chain")
     chain.update(results)
@@ -99,24 +102,22 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     progress.stop()
 
     _remove_stale(out, names)
-    stats = _aggregate(cfg, units, chain, final, time.perf_counter() - t_start)
+    stats = _aggregate(cfg, units, scan.skipped, chain, final, time.perf_counter() - t_start)
     write_json(out / "stats.json", stats)
     write_manifest(
         out,
         config_hash=chain_id,
         shards=[
             {
-                **final[u.name]["shard"],
+                **final[u.stem]["shard"],
                 "input": u.relpath,
-                "input_fingerprint": chain[u.name]["fingerprint"]["input"],
+                "input_fingerprint": chain[u.stem]["fingerprint"]["input"],
                 "config_hash": chain_id,
             }
             for u in units
         ],
-        rejects=[chain[u.name]["rejects"] for u in units] + [final[u.name]["rejects"] for u in units],
+        rejects=[chain[u.stem]["rejects"] for u in units] + [final[u.stem]["rejects"] for u in units],
     )
-    from data_pipeline.summary import write_summary
-
     write_summary(out, stats, print_table=cfg.progress)
     return stats
 
@@ -138,7 +139,14 @@ def _remove_stale(out: Path, names: list[str]) -> None:
         f.unlink()
 
 
-def _aggregate(cfg: PipelineConfig, units: list[InputUnit], chain: dict, final: dict, seconds: float) -> dict:
+def _aggregate(
+    cfg: PipelineConfig,
+    units: list[InputUnit],
+    skipped: list[SkippedFile],
+    chain: dict,
+    final: dict,
+    seconds: float,
+) -> dict:
     stages: dict[str, dict] = {}
     order = ["read", *[n for n in STAGE_ORDER if getattr(cfg, n).enabled]]
     if cfg.exact_dedup.enabled:
@@ -149,14 +157,14 @@ def _aggregate(cfg: PipelineConfig, units: list[InputUnit], chain: dict, final: 
     pii: Counter = Counter()
     num_in = 0
     for u in units:
-        for rec in (chain[u.name], final[u.name]):
+        for rec in (chain[u.stem], final[u.stem]):
             stage_in.update(rec["stage_in"])
             for s, c in rec["rejected"].items():
                 rejected[s].update(c)
             for k, ex in rec["examples"].items():
                 examples[k].extend(ex[: max(0, cfg.num_example_rejects - len(examples[k]))])
-        pii.update(chain[u.name]["pii"])
-        num_in += chain[u.name]["num_in"]
+        pii.update(chain[u.stem]["pii"])
+        num_in += chain[u.stem]["num_in"]
     stage_in["read"] = num_in
     for s in order:
         n_rej = sum(rejected[s].values())
@@ -166,12 +174,12 @@ def _aggregate(cfg: PipelineConfig, units: list[InputUnit], chain: dict, final: 
             "rejected": n_rej,
             "reasons": dict(sorted(rejected[s].items())),
         }
-    num_kept = sum(final[u.name]["num_kept"] for u in units)
+    num_kept = sum(final[u.stem]["num_kept"] for u in units)
     num_rejected = sum(v["rejected"] for v in stages.values())
     assert num_in == num_kept + num_rejected, (
         f"accounting broken: in={num_in} kept={num_kept} rejected={num_rejected}"
     )
-    chain_seconds = sum(chain[u.name]["seconds"] for u in units)
+    chain_seconds = sum(chain[u.stem]["seconds"] for u in units)
     return {
         "num_in": num_in,
         "num_kept": num_kept,
@@ -181,12 +189,8 @@ def _aggregate(cfg: PipelineConfig, units: list[InputUnit], chain: dict, final: 
         "pii": dict(sorted(pii.items())),
         "examples": dict(sorted(examples.items())),
         "num_shards": len(units),
+        "skipped_files": [{"path": f.path, "reason": f.reason} for f in skipped],
         "seconds": round(seconds, 3),
         "docs_per_second": round(num_in / seconds, 1) if seconds else None,
         "task_seconds_chain": round(chain_seconds, 3),
     }
-
-
-def clean_output(out_dir: str | Path) -> None:
-    """Remove a stage directory entirely (used by `--restart`)."""
-    shutil.rmtree(out_dir, ignore_errors=True)

@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+from rich.console import Console
+from rich.table import Table
+
+from pretrain.core.jsonl import read_jsonl
 
 
 def load_truth(corpus_dir: str | Path) -> dict[str, dict]:
-    path = Path(corpus_dir) / "truth.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r["id"]: r for r in rows}
+    """The corpus's truth rows by document id."""
+    return {r["id"]: r for r in read_jsonl(Path(corpus_dir) / "truth.jsonl")}
 
 
 def read_outputs(run_dir: str | Path) -> tuple[dict[str, dict], dict[str, dict]]:
@@ -107,9 +110,6 @@ def score_run(corpus_dir: str | Path, run_dir: str | Path) -> dict[str, Any]:
 
 
 def print_score(score: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(
         title=f"ground truth: {score['num_met']}/{score['num_docs']} documents met their expected fate"
     )

@@ -3,7 +3,8 @@
 Formats: JSONL (.jsonl/.ndjson, optionally .gz/.zst), Parquet (raw records or our own document
 shards), directories of .txt files (one document per file), and WARC (.warc/.warc.gz) whose HTML
 responses go through trafilatura. A malformed line or record becomes a reject with reason and
-`file:line`; an unreadable file raises `InputError` naming the file.
+`file:line`; an unreadable file raises `InputError` naming the file. A file inside an input folder
+that is no known format is skipped and named, with why, in `InputScan.skipped` (the run's summary).
 
 Document ids are positional and stable: `relpath:line` (JSONL, 1-based), `relpath#row` (Parquet,
 0-based), `relpath` (.txt), `relpath#k` (k-th WARC response, 0-based). A record's own id is kept
@@ -23,14 +24,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import pyarrow.parquet as pq
+
 from data_pipeline.document import Doc, Reject
 from pretrain.core.config import check
+from pretrain.core.shards import list_shards
 
 log = logging.getLogger(__name__)
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz", ".jsonl.zst", ".ndjson.zst")
 WARC_SUFFIXES = (".warc", ".warc.gz")
 REJECT_TEXT_CHARS = 2000  # how much of a malformed record we keep in rejects/ for debugging
+SNIFF_BYTES = 4096  # a NUL byte in a skipped file's first bytes marks it binary
 
 
 class InputError(RuntimeError):
@@ -74,6 +79,26 @@ class InputUnit:
     format: str
     name: str
 
+    @property
+    def stem(self) -> str:
+        """What the unit's output files are named after: `name` without a `.parquet` suffix, so a
+        Parquet input's shard is `part-00000.parquet`, not `part-00000.parquet.parquet`."""
+        return self.name.removesuffix(".parquet")
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file inside an input folder or glob that is not read, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class InputScan:
+    units: list[InputUnit]
+    skipped: list[SkippedFile]
+
 
 def _format_of(path: str) -> str | None:
     p = path.lower()
@@ -101,8 +126,27 @@ def _glob_root(spec: str) -> Path:
     return Path(spec).parent
 
 
+def _skip_reason(path: Path) -> str:
+    if path.name.startswith("."):
+        return "hidden file"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    kind = "binary file" if b"\0" in head else "unknown format"
+    suffix = f"suffix {path.suffix!r}" if path.suffix else "no suffix"
+    return f"{kind} ({suffix}; known: .jsonl/.ndjson[.gz|.zst], .parquet, .txt, .warc[.gz])"
+
+
 def discover_inputs(cfg: InputConfig) -> list[InputUnit]:
-    """Expand paths into sorted input units. `.txt` files are grouped per folder (one unit each).
+    """Expand paths into sorted input units (see `scan_inputs`)."""
+    return scan_inputs(cfg).units
+
+
+def scan_inputs(cfg: InputConfig) -> InputScan:
+    """Expand paths into sorted input units, and list the files found but not read (with why).
+    `.txt` files are grouped per folder (one unit each).
 
     Relative paths (the base of document ids) are taken from the folder given, or the folder of a
     file or glob.
@@ -110,11 +154,10 @@ def discover_inputs(cfg: InputConfig) -> list[InputUnit]:
     if not cfg.paths:
         raise InputError("input.paths is empty: give at least one file, folder or glob")
     units: dict[str, InputUnit] = {}
+    skipped: dict[str, SkippedFile] = {}
     for spec in cfg.paths:
         spec_path = Path(spec)
         if spec_path.is_dir() and (spec_path / "manifest.json").exists() and (spec_path / "shards").is_dir():
-            from pretrain.core.shards import list_shards
-
             for shard in list_shards(spec_path):
                 rel = f"shards/{shard.name}"
                 units[str(shard)] = InputUnit(str(shard), rel, "shards", _safe_name(shard.stem))
@@ -132,6 +175,7 @@ def discover_inputs(cfg: InputConfig) -> list[InputUnit]:
         for f in sorted(files):
             fmt = cfg.format if cfg.format != "auto" else _format_of(str(f))
             if fmt is None or f.name.startswith("."):
+                skipped[str(f)] = SkippedFile(str(f), _skip_reason(f))
                 continue
             if fmt == "text":
                 text_dirs.add(f.parent)
@@ -145,13 +189,21 @@ def discover_inputs(cfg: InputConfig) -> list[InputUnit]:
     if not units:
         raise InputError(
             f"no readable input files under {cfg.paths} (looked for {JSONL_SUFFIXES}, .parquet, .txt, .warc)"
+            + (f"; skipped {len(skipped)}: {format_skipped(list(skipped.values()))}" if skipped else "")
         )
     out = sorted(units.values(), key=lambda u: (u.relpath, u.path))
-    names = [u.name for u in out]
-    dupes = {n for n in names if names.count(n) > 1}
+    stems = [u.stem for u in out]
+    dupes = {n for n in stems if stems.count(n) > 1}
     if dupes:
         raise InputError(f"two inputs map to the same shard name {sorted(dupes)[0]!r}: give distinct folders")
-    return out
+    return InputScan(out, sorted(skipped.values(), key=lambda s: s.path))
+
+
+def format_skipped(skipped: list[SkippedFile], max_shown: int = 5) -> str:
+    """One line naming the skipped files and why (the first `max_shown`, then a count)."""
+    shown = "; ".join(f"{s.path} ({s.reason})" for s in skipped[:max_shown])
+    more = len(skipped) - max_shown
+    return shown + (f"; and {more} more" if more > 0 else "")
 
 
 def _default_source(relpath: str) -> str:
@@ -163,14 +215,17 @@ def _default_source(relpath: str) -> str:
 
 
 class _RecordConverter:
-    """Shared field handling for JSONL and Parquet records; warns once about a missing text field."""
+    """Shared field handling for JSONL and Parquet records. A record without the text field is
+    rejected; the first one in a file is also logged with its place and the fields it has (a wrong
+    `input.text_field` shows at once, not as one line per record)."""
 
     def __init__(self, cfg: InputConfig, unit: InputUnit):
         self.cfg, self.unit = cfg, unit
         self.default_source = cfg.source or _default_source(unit.relpath)
         self._warned = False
 
-    def convert(self, rec: object, doc_id: str) -> tuple[Doc, Reject | None]:
+    def convert(self, rec: object, doc_id: str, where: str) -> tuple[Doc, Reject | None]:
+        """`where` is the record's place for messages: `path:line` or `path row N`."""
         cfg = self.cfg
         if not isinstance(rec, dict):
             return Doc(doc_id, str(rec)[:REJECT_TEXT_CHARS], self.default_source), Reject(
@@ -188,9 +243,12 @@ class _RecordConverter:
         text = rec.get(cfg.text_field)
         if text is None:
             if not self._warned:
+                what = "a null" if cfg.text_field in rec else "no"
                 log.warning(
-                    "%s: record has no %r field; fields present: %s",
-                    self.unit.path,
+                    "%s: record has %s %r field (input.text_field); fields present: %s. Records "
+                    "without it are rejected as missing_text (said once per file).",
+                    where,
+                    what,
                     cfg.text_field,
                     sorted(rec),
                 )
@@ -208,7 +266,7 @@ def _open_binary(path: str) -> io.BufferedIOBase:
     if path.endswith(".gz"):
         return gzip.open(path, "rb")
     if path.endswith(".zst"):
-        import zstandard
+        import zstandard  # [data] extra, needed only for .zst inputs
 
         return zstandard.ZstdDecompressor().stream_reader(
             open(path, "rb"), closefd=True, read_across_frames=True
@@ -216,8 +274,10 @@ def _open_binary(path: str) -> io.BufferedIOBase:
     return open(path, "rb")
 
 
-def read_jsonl(unit: InputUnit, cfg: InputConfig) -> Iterator[tuple[Doc, Reject | None]]:
-    import orjson
+def read_jsonl_docs(unit: InputUnit, cfg: InputConfig) -> Iterator[tuple[Doc, Reject | None]]:
+    """Docs from a JSONL file, read as bytes: each bad line becomes a reject (unlike
+    pretrain.core.jsonl, which reads our own files and raises on a bad line)."""
+    import orjson  # [data] extra; the config and CLI import this module without it
 
     conv = _RecordConverter(cfg, unit)
     try:
@@ -243,7 +303,7 @@ def read_jsonl(unit: InputUnit, cfg: InputConfig) -> Iterator[tuple[Doc, Reject 
                         Reject("malformed_json", f"{doc_id}: {e}"),
                     )
                     continue
-                yield conv.convert(rec, doc_id)
+                yield conv.convert(rec, doc_id, f"{unit.path}:{line_no}")
     except (OSError, EOFError, ValueError) as e:  # truncated gzip, bad zstd frame, unreadable file
         if isinstance(e, UnicodeDecodeError):
             raise
@@ -253,8 +313,6 @@ def read_jsonl(unit: InputUnit, cfg: InputConfig) -> Iterator[tuple[Doc, Reject 
 def read_parquet(
     unit: InputUnit, cfg: InputConfig, batch_rows: int = 1024
 ) -> Iterator[tuple[Doc, Reject | None]]:
-    import pyarrow.parquet as pq
-
     try:
         pf = pq.ParquetFile(unit.path)
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
@@ -279,7 +337,7 @@ def read_parquet(
     try:
         for batch in pf.iter_batches(batch_size=batch_rows, columns=wanted):
             for rec in batch.to_pylist():
-                yield conv.convert(rec, f"{unit.relpath}#{row}")
+                yield conv.convert(rec, f"{unit.relpath}#{row}", f"{unit.path} row {row}")
                 row += 1
     except Exception as e:  # noqa: BLE001
         raise InputError(f"cannot read {unit.path} at row {row}: {e}") from None
@@ -301,8 +359,8 @@ def read_text_dir(unit: InputUnit, cfg: InputConfig) -> Iterator[tuple[Doc, Reje
 
 
 def read_warc(unit: InputUnit, cfg: InputConfig) -> Iterator[tuple[Doc, Reject | None]]:
-    import trafilatura
-    from warcio.archiveiterator import ArchiveIterator
+    import trafilatura  # heavy (lxml, ~0.5 s); only WARC inputs need it
+    from warcio.archiveiterator import ArchiveIterator  # [data] extra, only for WARC inputs
 
     source = cfg.source or _default_source(unit.relpath)
     k = 0
@@ -344,7 +402,7 @@ def read_unit(
     if not os.path.exists(unit.path):
         raise InputError(f"input {unit.path} does not exist")
     if unit.format == "jsonl":
-        return read_jsonl(unit, cfg)
+        return read_jsonl_docs(unit, cfg)
     if unit.format in ("parquet", "shards"):
         return read_parquet(unit, cfg, batch_rows)
     if unit.format == "text":

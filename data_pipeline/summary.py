@@ -1,13 +1,16 @@
 """Per-run summary: a rich table on the console and summary.md beside the shards.
 
-Counts per stage and reason (in = kept + rejected), a few example rejects per reason, PII
-counts per type and throughput.
+Counts per stage and reason (in = kept + rejected), the input files skipped and why, a few example
+rejects per reason, PII counts per type and throughput.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
+from rich.table import Table
 
 
 def summary_markdown(stats: dict[str, Any]) -> str:
@@ -23,6 +26,9 @@ def summary_markdown(stats: dict[str, Any]) -> str:
     for name, s in stats["stages"].items():
         reasons = ", ".join(f"{r}: {n:,}" for r, n in s["reasons"].items())
         lines.append(f"| {name} | {s['in']:,} | {s['kept']:,} | {s['rejected']:,} | {reasons} |")
+    if stats.get("skipped_files"):
+        lines += ["", "## Skipped input files", "", "| file | why |", "| --- | --- |"]
+        lines += [f"| `{f['path']}` | {f['reason']} |" for f in stats["skipped_files"]]
     if stats.get("pii"):
         lines += ["", "## PII replaced", "", "| type | count |", "| --- | ---: |"]
         lines += [f"| {k} | {v:,} |" for k, v in stats["pii"].items()]
@@ -38,9 +44,6 @@ def summary_markdown(stats: dict[str, Any]) -> str:
 
 
 def print_summary(stats: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(
         title=f"{stats['num_in']:,} in -> {stats['num_kept']:,} kept "
         f"({stats['docs_per_second'] or 0:,.0f} docs/s)"

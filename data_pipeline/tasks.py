@@ -11,7 +11,6 @@ Each task ends by writing a `.done.json` record; a rerun skips tasks whose recor
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -24,8 +23,10 @@ import pyarrow.parquet as pq
 
 from data_pipeline.document import Doc, Reject
 from data_pipeline.readers import InputUnit, read_unit
+from pretrain.core.config import config_hash
 from pretrain.core.done import output_sizes
 from pretrain.core.files import write_json
+from pretrain.core.runner import maybe_crash
 from pretrain.core.shards import DOC_SCHEMA, REJECT_SCHEMA, ShardWriter, write_table
 
 CHAIN_SCHEMA = pa.schema(list(DOC_SCHEMA) + [pa.field("_ord", pa.int64(), nullable=False)])
@@ -41,8 +42,6 @@ _STAGE_CACHE: dict[str, list] = {}  # Ray reuses worker processes: build models 
 
 
 def _build_stages(cfg) -> list:
-    from pretrain.core.config import config_hash
-
     key = config_hash(cfg.chain_identity())
     if key not in _STAGE_CACHE:
         _STAGE_CACHE.clear()
@@ -56,18 +55,6 @@ def text_hash(text: str) -> bytes:
 
 def partition_of(h: bytes, num_partitions: int) -> int:
     return int.from_bytes(h[:8], "big") % num_partitions
-
-
-def maybe_crash(unit_name: str, num_rows_done: int) -> None:
-    """Fault injection for tests: DATA_PIPELINE_CRASH=<unit name>:<after rows>:<marker file>
-    kills this worker process once, mid-shard, like an OOM kill or a lost node would."""
-    spec = os.environ.get("DATA_PIPELINE_CRASH")
-    if not spec:
-        return
-    name, after, marker = spec.split(":", 2)
-    if name == unit_name and num_rows_done >= int(after) and not os.path.exists(marker):
-        Path(marker).write_text("crashed once\n")
-        os._exit(137)
 
 
 class RejectTally:
@@ -104,8 +91,8 @@ def run_chain(unit: InputUnit, cfg, out_dir: str, fingerprint: dict) -> dict[str
     num_parts = cfg.exact_dedup.num_partitions
     hashes: dict[int, list] = defaultdict(list)
     num_in = num_kept = 0
-    chain_w = ShardWriter(out / "_work" / "chain" / f"{unit.name}.parquet", CHAIN_SCHEMA)
-    rej_w = ShardWriter(out / "rejects" / f"{unit.name}.parquet", REJECT_SCHEMA)
+    chain_w = ShardWriter(out / "_work" / "chain" / f"{unit.stem}.parquet", CHAIN_SCHEMA)
+    rej_w = ShardWriter(out / "rejects" / f"{unit.stem}.parquet", REJECT_SCHEMA)
     try:
         batch: list[tuple[int, Doc]] = []
         reader = read_unit(unit, cfg.input, cfg.batch_rows)
@@ -133,7 +120,7 @@ def run_chain(unit: InputUnit, cfg, out_dir: str, fingerprint: dict) -> dict[str
                 rows.append(doc.to_row() | {"_ord": o})
                 if cfg.exact_dedup.enabled:
                     h = text_hash(doc.text)
-                    hashes[partition_of(h, num_parts)].append((h, unit.name, o, doc.id))
+                    hashes[partition_of(h, num_parts)].append((h, unit.stem, o, doc.id))
             chain_w.write_rows(rows)
             rej_w.write_rows(rej_rows)
             num_kept += len(rows)
@@ -147,7 +134,7 @@ def run_chain(unit: InputUnit, cfg, out_dir: str, fingerprint: dict) -> dict[str
             num_in += 1
             if len(batch) >= cfg.batch_rows:
                 flush()
-                maybe_crash(unit.name, num_in)
+                maybe_crash(unit.stem, num_in)
         if batch:
             flush()
         chain_entry = chain_w.close()
@@ -163,10 +150,10 @@ def run_chain(unit: InputUnit, cfg, out_dir: str, fingerprint: dict) -> dict[str
             [pa.array([r[i] for r in rows], type=HASH_SCHEMA.field(i).type) for i in range(4)],
             schema=HASH_SCHEMA,
         )
-        hash_paths.append(out / "_work" / "hashes" / f"p={p:05d}" / f"{unit.name}.parquet")
+        hash_paths.append(out / "_work" / "hashes" / f"p={p:05d}" / f"{unit.stem}.parquet")
         hash_entries.append(write_table(hash_paths[-1], table))
     record = {
-        "unit": unit.name,
+        "unit": unit.stem,
         "input": unit.path,
         "relpath": unit.relpath,
         "fingerprint": fingerprint,
@@ -179,7 +166,7 @@ def run_chain(unit: InputUnit, cfg, out_dir: str, fingerprint: dict) -> dict[str
         "outputs": output_sizes(out, chain_w.path, rej_w.path, *hash_paths),
         **tally.as_dict(),
     }
-    write_json(out / "_work" / "chain" / f"{unit.name}.done.json", record)
+    write_json(out / "_work" / "chain" / f"{unit.stem}.done.json", record)
     return record
 
 

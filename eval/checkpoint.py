@@ -20,6 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
+
+from pretrain.core.tokenizer_file import BPETokenizer, load_tokenizer
+from trainer.model import Transformer
+from trainer.model_config import ModelConfig, preset
+
 META = "meta.json"  # trainer/checkpoint.py writes it last: its presence marks a complete checkpoint
 
 
@@ -31,7 +39,7 @@ class CheckpointError(ValueError):
 class LoadedCheckpoint:
     path: Path
     meta: dict[str, Any]
-    model: Any  # trainer.model.Transformer, fp32, on CPU unless moved
+    model: Transformer  # fp32, on CPU unless moved
 
     @property
     def step(self) -> int:
@@ -80,22 +88,14 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def model_config_of(meta: dict[str, Any]):
+def model_config_of(meta: dict[str, Any]) -> ModelConfig:
     """The ModelConfig the checkpoint was trained with (preset name + overrides from its config)."""
-    from trainer.model import preset
-
     cfg = meta["config"]
     return preset(cfg.get("model", "tiny"), **(cfg.get("model_overrides") or {}))
 
 
 def load_checkpoint_model(path: str | Path) -> LoadedCheckpoint:
     """Read meta.json, build the model on CPU and load only its DCP weights (fp32)."""
-    import torch
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
-
-    from trainer.model import Transformer
-
     path = Path(path)
     meta = read_checkpoint_meta(path)
     mcfg = model_config_of(meta)
@@ -134,10 +134,8 @@ def load_checkpoint_model(path: str | Path) -> LoadedCheckpoint:
     return LoadedCheckpoint(path=path, meta=meta, model=model)
 
 
-def load_tokenizer_for(ckpt, override: str | None):
+def load_tokenizer_for(ckpt: LoadedCheckpoint, override: str | None) -> BPETokenizer:
     """The checkpoint's tokenizer (or `override`), refusing one whose hash differs from training's."""
-    from pretrain.core.tokenizer_file import load_tokenizer
-
     tok_dir = override or ckpt.tokenizer_dir
     if tok_dir is None:
         raise CheckpointError(

@@ -7,7 +7,8 @@
     pretrain eval make-tasks --heldout runs/data/heldout --out runs/tasks
 
 run/watch take an EvalConfig (--config YAML and dotted overrides, e.g. batch_size=8); --heldout,
---tasks and --tokenizer are shortcuts for its fields. Results go to RUN_DIR/eval/ (--out to change).
+--tasks and --tokenizer are shortcuts for its fields; --dry-run prints the resolved EvalConfig and
+scores nothing. Results go to RUN_DIR/eval/ (--out to change).
 """
 
 from __future__ import annotations
@@ -15,16 +16,37 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
+
+from eval.checkpoint import CheckpointError
+from eval.config import EvalConfig
+from eval.export import ExportError, export_checkpoint
+from eval.heldout import read_heldout
+from eval.report import write_report
+from eval.results import RESULTS
+from eval.score import score_checkpoint
+from eval.tasks import make_tasks
+from eval.watch import watch
+from pretrain.core.cli import add_config_args, dispatch
+from pretrain.core.config import dump_yaml, load_config
+
+# A bad checkpoint, path or export request: one line on stderr and exit 1, not a traceback.
+USER_ERRORS = (CheckpointError, ExportError, FileNotFoundError, FileExistsError)
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML file with an EvalConfig (configs/eval_tiny.yaml)")
+    add_config_args(
+        p,
+        config_help="YAML file with an EvalConfig (configs/eval_tiny.yaml)",
+        overrides_help="dotted EvalConfig overrides, e.g. batch_size=8 device=cpu",
+        dry_run_help="print the resolved EvalConfig, score nothing",
+        restart_help=None,
+    )
     p.add_argument("--heldout", help="held-out documents: document-shard dir, .parquet or .jsonl")
     p.add_argument("--tasks", help='multiple-choice task directory, "auto" (default) or "none"')
     p.add_argument("--tokenizer", help="tokenizer directory (default: the checkpoint config's)")
     p.add_argument("--out", help="output directory (default: RUN_DIR/eval)")
     p.add_argument("--force", action="store_true", help="rescore checkpoints already in results.jsonl")
-    p.add_argument("overrides", nargs="*", help="dotted EvalConfig overrides, e.g. batch_size=8 device=cpu")
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
@@ -67,10 +89,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_make_tasks)
 
 
-def _config(args: argparse.Namespace):
-    from eval.config import EvalConfig
-    from pretrain.core.config import load_config
-
+def _config(args: argparse.Namespace) -> EvalConfig:
     overrides = list(args.overrides)
     if args.heldout:
         overrides.append(f"heldout={args.heldout}")
@@ -81,28 +100,23 @@ def _config(args: argparse.Namespace):
     return load_config(EvalConfig, args.config, overrides)
 
 
-def _user_errors():
-    from eval.checkpoint import CheckpointError
-    from eval.export import ExportError
-
-    return (CheckpointError, ExportError, FileNotFoundError, FileExistsError)
-
-
 def _guarded(fn, args: argparse.Namespace) -> int:
     """A bad checkpoint, path or export request is one line on stderr and exit 1, not a traceback."""
     logging.getLogger().setLevel(logging.INFO)
     try:
         return fn(args)
-    except _user_errors() as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     def run(args):
-        from eval.score import score_checkpoint
-
-        rows = score_checkpoint(args.checkpoint, out_dir=args.out, cfg=_config(args), force=args.force)
+        cfg = _config(args)
+        if args.dry_run:
+            print(dump_yaml(cfg), end="")
+            return 0
+        rows = score_checkpoint(args.checkpoint, out_dir=args.out, cfg=cfg, force=args.force)
         for r in rows:
             print(f"{r['task']:32s} {r['metric']:16s} {r['value']:.6g}")
         return 0
@@ -112,11 +126,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     def run(args):
-        from eval.watch import watch
-
+        cfg = _config(args)
+        if args.dry_run:
+            print(dump_yaml(cfg), end="")
+            return 0
         steps = watch(
             args.run_dir,
-            _config(args),
+            cfg,
             args.interval,
             args.until_step,
             args.once,
@@ -132,8 +148,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     def run(args):
-        from eval.export import export_checkpoint
-
         out = export_checkpoint(args.checkpoint, args.out, args.tokenizer, args.dtype, args.overwrite)
         print(f"exported {args.checkpoint} -> {out}")
         return 0
@@ -143,11 +157,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     def run(args):
-        from pathlib import Path
-
-        from eval.report import write_report
-        from eval.score import RESULTS
-
         if not (args.run_dir or args.results):
             raise FileNotFoundError("pass --run-dir DIR or --results FILE")
         results = Path(args.results) if args.results else Path(args.run_dir) / "eval" / RESULTS
@@ -162,9 +171,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_make_tasks(args: argparse.Namespace) -> int:
     def run(args):
-        from eval.heldout import read_heldout
-        from eval.tasks import make_tasks
-
         docs = read_heldout(args.heldout, args.max_docs_per_source)
         made = make_tasks(docs, args.out, seed=args.seed, num_fewshot=args.num_fewshot)
         for name, path in made.items():
@@ -175,8 +181,6 @@ def cmd_make_tasks(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pretrain.core.cli import dispatch
-
     parser = argparse.ArgumentParser(prog="python -m eval", description="score checkpoints, export to HF")
     add_subcommands(parser.add_subparsers(dest="command", required=True))
     return dispatch(parser, argv)

@@ -13,10 +13,17 @@ from typing import Literal
 
 from pretrain.core.config import check
 
+DEFAULT_PROMPTS = [
+    "The",
+    "In this module,",
+    "Return a new",
+    "This function",
+    "When the",
+]
+"""What a checkpoint is asked to continue (eval/generate.py), greedy and sampled."""
+
 
 def _default_prompts() -> list[str]:
-    from eval.generate import DEFAULT_PROMPTS
-
     return list(DEFAULT_PROMPTS)
 
 

@@ -20,6 +20,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from eval.checkpoint import (
+    document_prefix_id,
+    load_checkpoint_model,
+    load_tokenizer_for,
+    model_config_of,
+    read_checkpoint_meta,
+)
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 DTYPES = ("float32", "bfloat16", "float16")
 QK_NORM_MESSAGE = (
@@ -55,8 +65,6 @@ def hf_config(model, tok, dtype: str) -> dict[str, Any]:
 
 
 def hf_state_dict(model, dtype: str) -> dict[str, Any]:
-    import torch
-
     sd = model.state_dict()
     torch_dtype = getattr(torch, dtype)
     return {
@@ -84,15 +92,7 @@ def export_checkpoint(
     overwrite: bool = False,
 ) -> Path:
     """Write the HF directory `out_dir` for checkpoint `ckpt_dir`; returns out_dir."""
-    from safetensors.torch import save_file
-
-    from eval.checkpoint import (
-        document_prefix_id,
-        load_checkpoint_model,
-        load_tokenizer_for,
-        model_config_of,
-        read_checkpoint_meta,
-    )
+    from safetensors.torch import save_file  # optional (eval extra): only export writes safetensors
 
     if dtype not in DTYPES:
         raise ExportError(f"dtype={dtype!r} is invalid: expected one of {list(DTYPES)}")

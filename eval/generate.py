@@ -13,13 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-DEFAULT_PROMPTS = [
-    "The",
-    "In this module,",
-    "Return a new",
-    "This function",
-    "When the",
-]
+import torch
+
+from eval.lm import autocast_for
 
 
 def generate_ids(
@@ -30,13 +26,9 @@ def generate_ids(
     temperature: float = 0.0,
     top_k: int = 0,
     generator=None,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
 ) -> list[int]:
     """New token ids after `ids`; temperature 0 is greedy. Stops at EOS (not included)."""
-    import torch
-
-    from eval.lm import autocast_for
-
     max_len = model.cfg.max_seq_len
     seq = list(ids)
     new: list[int] = []
@@ -68,10 +60,8 @@ def generate_samples(
     temperature: float = 0.8,
     top_k: int = 50,
     seed: int = 0,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
 ) -> list[dict[str, str]]:
-    import torch
-
     rows = []
     for i, prompt in enumerate(prompts):
         ids = [tok.eos_id] + tok.encode(prompt)

@@ -16,13 +16,15 @@ bytes are UTF-8 bytes and words `len(re.split(r"\\s+", text))`, as lm-eval's `co
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from pretrain.core.jsonl import iter_jsonl
+from pretrain.core.shards import iter_batches, list_shards
 
 HELDOUT_METRICS = ("loss", "perplexity", "bits_per_byte", "byte_perplexity", "word_perplexity")
 
@@ -32,22 +34,13 @@ def count_words(text: str) -> int:
 
 
 def _iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError as e:
-                raise ValueError(f"{path}:{n}: not a JSON object: {e}") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-                raise ValueError(f"{path}:{n}: expected an object with a string 'text' (and 'source')")
-            yield rec
+    for n, rec in iter_jsonl(path):
+        if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+            raise ValueError(f"{path}:{n}: expected an object with a string 'text' (and 'source')")
+        yield rec
 
 
 def _iter_parquet(path: Path) -> Iterator[dict[str, Any]]:
-    from pretrain.core.shards import iter_batches
-
     for batch in iter_batches(path, columns=None):
         names = batch.schema.names
         if "text" not in names:
@@ -61,8 +54,6 @@ def _iter_parquet(path: Path) -> Iterator[dict[str, Any]]:
 def heldout_files(path: str | Path) -> list[Path]:
     """A document-shard directory (shards/*.parquet, manifest order), a directory of .parquet/.jsonl
     files, or one such file."""
-    from pretrain.core.shards import list_shards
-
     p = Path(path)
     if p.is_file():
         return [p]

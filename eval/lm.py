@@ -18,6 +18,9 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+
 
 def rolling_token_windows(
     tokens: list[int], prefix_token: int, max_seq_len: int, context_len: int = 1
@@ -44,9 +47,7 @@ def disjoint_window(pair: tuple[list[int], list[int]]) -> tuple[list[int], list[
     return inp[: len(inp) - (len(pred) - 1)], pred
 
 
-def autocast_for(device) -> contextlib.AbstractContextManager:
-    import torch
-
+def autocast_for(device: str | torch.device) -> contextlib.AbstractContextManager:
     if torch.device(device).type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -59,7 +60,7 @@ class LMScorer:
         self,
         model: Any,
         tokenizer: Any,
-        device: str = "cpu",
+        device: str | torch.device = "cpu",
         batch_size: int = 16,
         max_length: int | None = None,
         prefix_token_id: int | None = None,
@@ -125,9 +126,6 @@ class LMScorer:
     ) -> list[tuple[float, bool | None]]:
         """(context ids, continuation ids) -> (logprob, is_greedy or None unless with_greedy); the input
         is truncated from the left to max_length tokens as lm-eval does."""
-        import torch
-        import torch.nn.functional as F
-
         prepared = []
         for i, (ctx, cont) in enumerate(requests):
             assert ctx and cont, f"request {i}: empty context or continuation ({len(ctx)}, {len(cont)})"

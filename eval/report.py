@@ -16,6 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from eval.results import GENERATIONS, read_rows
 from pretrain.core.files import atomic_path
 
 SKIP_TASKS = {"eval"}  # bookkeeping rows (scoring time), not scores
@@ -51,10 +52,10 @@ def _tables(rows: list[dict[str, Any]]) -> dict[str, tuple[list[str], list[list[
 
 
 def _plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
-    import matplotlib
+    import matplotlib  # heavy, optional (eval extra): only the plots need it
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt  # after use("Agg"), so no GUI backend is loaded
 
     series: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
@@ -84,8 +85,6 @@ def _plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
 
 
 def _latest_generations(results_path: Path) -> list[dict[str, Any]]:
-    from eval.score import GENERATIONS, read_rows
-
     gens = read_rows(results_path.parent / GENERATIONS)
     if not gens:
         return []
@@ -95,8 +94,6 @@ def _latest_generations(results_path: Path) -> list[dict[str, Any]]:
 
 def write_report(results_jsonl: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """Write report.md, report.html and plots/<metric>.png under out_dir; return their paths."""
-    from eval.score import read_rows
-
     results_jsonl, out = Path(results_jsonl), Path(out_dir)
     rows = read_rows(results_jsonl)
     tables = _tables(rows)

@@ -10,25 +10,35 @@ Held-out tasks are `heldout/<source>` (and `heldout/all` pooled over sources whe
 several); multiple-choice tasks use their own names; task `eval`, metric `seconds` is the time
 the scoring took. A checkpoint already in results.jsonl is
 skipped (its rows returned) unless force=True, which replaces its rows. The file is rewritten
-atomically, so a reader never sees half a checkpoint's rows.
+atomically (eval/results.py), so a reader never sees half a checkpoint's rows.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
+from eval.checkpoint import (
+    document_prefix_id,
+    load_checkpoint_model,
+    load_tokenizer_for,
+    read_checkpoint_meta,
+)
 from eval.config import EvalConfig
-from pretrain.core.files import atomic_path, read_json, write_json
+from eval.generate import generate_samples
+from eval.heldout import HELDOUT_METRICS, read_heldout, score_heldout
+from eval.lm import LMScorer
+from eval.report import write_report
+from eval.results import GENERATIONS, RESULTS, read_rows, replace_rows, scored_checkpoints
+from eval.tasks import MC_METRICS, load_tasks, make_tasks, score_task
+from pretrain.core.devices import resolve_device
+from pretrain.core.files import read_json, write_json
+from pretrain.core.hashing import json_digest
 
 log = logging.getLogger(__name__)
-RESULTS = "results.jsonl"
-GENERATIONS = "generations.jsonl"
 
 
 def default_out_dir(ckpt_dir: str | Path) -> Path:
@@ -39,35 +49,8 @@ def default_out_dir(ckpt_dir: str | Path) -> Path:
     return ckpt_dir.parent / "eval"
 
 
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _replace_rows(path: Path, checkpoint: str, rows: list[dict[str, Any]]) -> None:
-    kept = [r for r in read_rows(path) if r.get("checkpoint") != checkpoint]
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept + rows))
-
-
-def scored_checkpoints(out_dir: str | Path) -> set[str]:
-    return {r["checkpoint"] for r in read_rows(Path(out_dir) / RESULTS)}
-
-
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def ensure_tasks(cfg: EvalConfig, docs: list[dict[str, str]] | None, out_dir: Path) -> Path | None:
     """The task directory to score: cfg.tasks, or for "auto" the default set made once from `docs`."""
-    from eval.tasks import make_tasks
-
     if cfg.tasks is None:
         return None
     if cfg.tasks != "auto":
@@ -75,8 +58,7 @@ def ensure_tasks(cfg: EvalConfig, docs: list[dict[str, str]] | None, out_dir: Pa
     if not docs:
         return None
     tasks_dir = out_dir / "tasks"
-    blob = json.dumps([cfg.task_seed, cfg.num_fewshot, [[d["source"], d["text"]] for d in docs]])
-    fingerprint = hashlib.sha256(blob.encode()).hexdigest()
+    fingerprint = json_digest([cfg.task_seed, cfg.num_fewshot, [[d["source"], d["text"]] for d in docs]])
     stamp = tasks_dir / "tasks.json"
     if stamp.exists():
         if read_json(stamp).get("fingerprint") != fingerprint:
@@ -96,17 +78,6 @@ def score_checkpoint(
     force: bool = False,
 ) -> list[dict[str, Any]]:
     """Score a checkpoint and record it in OUT/results.jsonl; `heldout` / `tasks_dir` override cfg's."""
-    from eval.checkpoint import (
-        document_prefix_id,
-        load_checkpoint_model,
-        load_tokenizer_for,
-        read_checkpoint_meta,
-    )
-    from eval.generate import generate_samples
-    from eval.heldout import HELDOUT_METRICS, read_heldout, score_heldout
-    from eval.lm import LMScorer
-    from eval.tasks import MC_METRICS, load_tasks, score_task
-
     cfg = cfg or EvalConfig()
     if heldout is not None:
         cfg = dataclasses.replace(cfg, heldout=str(heldout))
@@ -151,13 +122,11 @@ def score_checkpoint(
         gens = generate_samples(
             model, tok, cfg.prompts, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.sample_seed, device
         )
-        _replace_rows(out / GENERATIONS, name, [{**base, **g} for g in gens])
+        replace_rows(out / GENERATIONS, name, [{**base, **g} for g in gens])
     # Always at least one row, so a checkpoint with nothing else to score still counts as scored.
     rows.append({**base, "task": "eval", "metric": "seconds", "value": time.time() - t0, "time": stamp})
-    _replace_rows(out / RESULTS, name, rows)
+    replace_rows(out / RESULTS, name, rows)
     log.info("scored %s in %.1fs: %d rows -> %s", name, time.time() - t0, len(rows), out / RESULTS)
     if cfg.report:
-        from eval.report import write_report
-
         write_report(out / RESULTS, out)
     return rows

@@ -28,7 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from pretrain.core.files import atomic_path
+from pretrain.core.jsonl import read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 MC_METRICS = ("acc", "acc_norm", "acc_bytes")
@@ -53,23 +56,6 @@ class MCTask:
     path: Path | None = field(default=None, compare=False)
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except ValueError as e:
-                    raise ValueError(f"{path}:{n}: not valid JSON: {e}") from None
-    return out
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-
-
 def _validate(task: MCTask, rows: list[dict[str, Any]], path: Path) -> None:
     for n, d in enumerate(rows, 1):
         text, choices, gold = d.get(task.text_field), d.get(task.choices_field), d.get(task.gold_field)
@@ -91,8 +77,6 @@ def _validate(task: MCTask, rows: list[dict[str, Any]], path: Path) -> None:
 
 def load_task(task_dir: str | Path, default_num_fewshot: int = 0) -> MCTask:
     """A task directory: its YAML (if any) gives the settings, test.jsonl / train.jsonl the documents."""
-    import yaml
-
     task_dir = Path(task_dir)
     yamls = sorted(task_dir.glob("*.yaml"))
     conf: dict[str, Any] = yaml.safe_load(yamls[0].read_text()) if yamls else {}
@@ -146,8 +130,6 @@ def load_task(task_dir: str | Path, default_num_fewshot: int = 0) -> MCTask:
 
 def load_tasks(tasks_dir: str | Path, default_num_fewshot: int = 0) -> list[MCTask]:
     """Every multiple-choice task directory under tasks_dir (rolling-LL task dirs are skipped)."""
-    import yaml
-
     out = []
     for d in sorted(p for p in Path(tasks_dir).iterdir() if p.is_dir()):
         yamls = sorted(d.glob("*.yaml"))
@@ -319,8 +301,6 @@ def rolling_task_yaml(name: str, task_dir: Path) -> dict[str, Any]:
 
 
 def write_yaml(path: Path, obj: dict[str, Any]) -> None:
-    import yaml
-
     class Dumper(yaml.SafeDumper):
         pass
 

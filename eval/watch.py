@@ -16,7 +16,11 @@ import logging
 import time
 from pathlib import Path
 
+from eval.checkpoint import CheckpointError
 from eval.config import EvalConfig
+from eval.results import RESULTS, read_rows, scored_checkpoints
+from eval.score import score_checkpoint
+from trainer.checkpoint import complete_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +36,6 @@ def watch(
     force: bool = False,
 ) -> list[int]:
     """Poll run_dir/checkpoints; score new ones oldest first. Returns the steps scored by this call."""
-    from eval.checkpoint import CheckpointError
-    from eval.score import score_checkpoint, scored_checkpoints
-    from trainer.checkpoint import complete_checkpoints
-
     run_dir = Path(run_dir)
     ckpt_root = run_dir / "checkpoints"
     out = Path(out_dir) if out_dir is not None else run_dir / "eval"
@@ -70,6 +70,4 @@ def watch(
 
 
 def _done_steps(out: Path) -> list[int]:
-    from eval.score import RESULTS, read_rows
-
     return [r["step"] for r in read_rows(out / RESULTS)]

@@ -60,9 +60,15 @@ import sys
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
 from pretrain.core import accel
 from pretrain.core.accel import GPUS, PEAK_FLOPS
-from pretrain.core.config import ConfigError, apply_overrides, check
+from pretrain.core.cli import dispatch
+from pretrain.core.config import ConfigError, apply_overrides, check, from_dict
+from trainer.model_config import PRESETS, ModelConfig  # no torch: the planner stays instant
 
 CHINCHILLA_TOKENS_PER_PARAM = 20.0
 DEFAULT_GLOBAL_BATCH_TOKENS = 2**19  # ~0.5M tokens: GPT-3 small's batch; larger models use 1-4M
@@ -79,19 +85,10 @@ TRAINER_PARALLEL = {"ddp": "ddp", "zero3": "fsdp2"}  # strategies `pretrain trai
 # Model shape: parameters and FLOPs
 
 
-def _model_api() -> tuple[type, dict[str, dict[str, Any]]]:
-    from trainer.model_config import PRESETS, ModelConfig  # no torch: the planner stays instant
-
-    return ModelConfig, PRESETS
-
-
-def model_config(preset: str = "tiny", **overrides: Any) -> Any:
-    """trainer.model.ModelConfig of a preset with field overrides; errors name the bad field."""
-    from pretrain.core.config import from_dict
-
-    ModelConfig, presets = _model_api()
-    check(preset in presets, "preset", preset, f"one of {sorted(presets)}")
-    return from_dict(ModelConfig, {**presets[preset], **overrides})
+def model_config(preset: str = "tiny", **overrides: Any) -> ModelConfig:
+    """trainer's ModelConfig of a preset with field overrides; errors name the bad field."""
+    check(preset in PRESETS, "preset", preset, f"one of {sorted(PRESETS)}")
+    return from_dict(ModelConfig, {**PRESETS[preset], **overrides})
 
 
 def _kv_dim(cfg: Any) -> int:
@@ -140,10 +137,9 @@ def shape_for_params(
     above): dim a multiple of 128 up to 1024, of 256 up to 4096, of 1024 beyond; head_dim 64 below
     dim 2048, 128 from there; MHA unless `overrides` (any ModelConfig field) say otherwise."""
     check(target >= 1e5, "params", target, ">= 1e5 (smaller models: use --preset with --model-config)")
-    _, presets = _model_api()
     extra = {"max_seq_len": max_seq_len, **overrides}
     best = None
-    for name in presets:
+    for name in PRESETS:
         try:
             cfg = model_config(name, **{"vocab_size": vocab_size, **extra})
         except ConfigError:
@@ -683,10 +679,6 @@ def _duration(seconds: float | None) -> str:
 
 def render(plan: dict[str, Any], console: Any = None) -> None:
     """The plan as rich tables on the console."""
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
     console = console or Console()
     c, fl, dev = plan["model"]["config"], plan["flops"], plan["device"]
     kv = f", {c['num_kv_heads']} kv" if c["num_kv_heads"] != c["num_heads"] else ""
@@ -831,8 +823,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pretrain.core.cli import dispatch
-
     parser = argparse.ArgumentParser(prog="python -m pretrain.plan", description=__doc__.splitlines()[0])
     configure(parser)
     return dispatch(parser, argv)

@@ -1,9 +1,10 @@
 """The run report of `pretrain run`: run_dir/report/{report.md, report.html, facts.json, *.png}.
 
-    facts = write_run_report("runs/tiny")    # also the last stage of `pretrain run`
+    facts = write_run_report("runs/tiny", records)   # also the last job of `pretrain run`
 
-Everything comes from files the stages wrote (stats.json, manifests, tokenizer report,
-metrics.jsonl, eval results, stage records), so the report can be rebuilt at any time. facts.json
+Everything comes from files the jobs wrote (stats.json, manifests, tokenizer report,
+metrics.jsonl, eval results) and the job records the caller passes ({job: run_dir/jobs/<job>.json
+contents or None}, in run order), so the report can be rebuilt at any time. facts.json
 holds the key numbers the CI smoke test asserts (counts add up, loss falls, eval rows exist).
 The report is a list of blocks rendered twice, to Markdown and to HTML, so both say the same.
 """
@@ -11,11 +12,12 @@ The report is a list of blocks rendered twice, to Markdown and to HTML, so both 
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 from typing import Any
 
+from eval.report import write_report
 from pretrain.core.files import read_json, write_json
+from pretrain.core.jsonl import read_jsonl
 
 Block = tuple  # ("h2", text) | ("p", text) | ("table", headers, rows) | ("img", file, alt) | ("code", text)
 
@@ -26,12 +28,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def metrics_by_step(metrics_jsonl: Path) -> list[dict[str, Any]]:
     """The last row logged for each step (a resumed or rolled-back run logs some steps twice)."""
-    rows: dict[int, dict[str, Any]] = {}
-    if metrics_jsonl.exists():
-        for line in metrics_jsonl.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                rows[rec["step"]] = rec
+    rows = {rec["step"]: rec for rec in read_jsonl(metrics_jsonl, missing_ok=True)}
     return [rows[s] for s in sorted(rows)]
 
 
@@ -65,10 +62,10 @@ def _document_flow(run: Path) -> tuple[list[list[Any]], dict[str, Any]]:
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # heavy, optional (eval extra): only the plots need it
 
     matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"), so no GUI backend is loaded
 
     return plt
 
@@ -111,7 +108,9 @@ def _plot_clusters(hist: dict[str, int], out: Path) -> Path | None:
     return _save(fig, out / "dedup_clusters.png")
 
 
-def build_report(run_dir: str | Path) -> tuple[list[Block], dict[str, Any]]:
+def build_report(
+    run_dir: str | Path, job_records: dict[str, dict[str, Any] | None] | None = None
+) -> tuple[list[Block], dict[str, Any]]:
     run = Path(run_dir)
     out = run / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -196,10 +195,8 @@ def build_report(run_dir: str | Path) -> tuple[list[Block], dict[str, Any]]:
 
     results = run / "eval" / "results.jsonl"
     if results.exists():
-        from eval.report import write_report
-
         ev = write_report(results, out / "eval")
-        eval_rows = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
+        eval_rows = read_jsonl(results)
         facts["eval"] = {
             "rows": len(eval_rows),
             "checkpoints": sorted({r["step"] for r in eval_rows}),
@@ -212,13 +209,11 @@ def build_report(run_dir: str | Path) -> tuple[list[Block], dict[str, Any]]:
     hf = run / "eval" / "hf"
     facts["export"] = {"dir": str(hf), "exists": (hf / "config.json").exists()}
 
-    from pretrain.run import STAGES
-
-    stage_rows = []
-    for name in STAGES[:-1]:  # the report stage is still running
-        if (rec_path := run / "stages" / f"{name}.json").exists():
-            rec = read_json(rec_path)
-            stage_rows.append([name, rec.get("status"), round(rec.get("seconds", 0.0), 1)])
+    job_rows = [
+        [name, rec.get("status"), round(rec.get("seconds", 0.0), 1)]
+        for name, rec in (job_records or {}).items()
+        if rec is not None
+    ]
     data = _read_json(run / "data" / "stats.json") or {}
     throughput = {
         "data docs/s": data.get("docs_per_second"),
@@ -230,8 +225,8 @@ def build_report(run_dir: str | Path) -> tuple[list[Block], dict[str, Any]]:
     }
     facts["throughput"] = throughput
     blocks += [
-        ("h2", "Stages and throughput"),
-        ("table", ["stage", "status", "seconds"], stage_rows),
+        ("h2", "Jobs and throughput"),
+        ("table", ["job", "status", "seconds"], job_rows),
         ("table", ["figure", "value"], sorted(throughput.items())),
     ]
     config = run / "config.yaml"
@@ -298,9 +293,12 @@ def render_html(blocks: list[Block]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_run_report(run_dir: str | Path) -> dict[str, Any]:
-    """Write report.md, report.html, facts.json (and the PNGs) under run_dir/report; return facts."""
-    blocks, facts = build_report(run_dir)
+def write_run_report(
+    run_dir: str | Path, job_records: dict[str, dict[str, Any] | None] | None = None
+) -> dict[str, Any]:
+    """Write report.md, report.html, facts.json (and the PNGs) under run_dir/report; return facts.
+    `job_records`: {job: its record or None} in run order, for the jobs table (none: no table rows)."""
+    blocks, facts = build_report(run_dir, job_records)
     out = Path(run_dir) / "report"
     (out / "report.md").write_text(render_markdown(blocks))
     (out / "report.html").write_text(render_html(blocks))

@@ -2,7 +2,7 @@
 # The main job on the embedded default: `pretrain run` on the generated tiny corpus, local Ray (CPU,
 # loopback only) -> data stages -> MinHash -> held-out split -> tokenizer -> token shards -> two
 # curriculum phases of a tiny model -> eval of every checkpoint + HF export -> runs/tiny/report/.
-# Rerunning resumes (finished stages are skipped); extra arguments are dotted overrides or --from STAGE.
+# Rerunning resumes (finished jobs are skipped); extra arguments are dotted overrides or --from JOB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh

@@ -12,6 +12,9 @@ if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
   echo "setup: installing into .venv (first run takes about 2 minutes)"
   # (the grep drops pip's notices about local index folders absent on this machine)
   quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+  # pip >= 24 normalises extra names (PEP 685): older pips warn "lxml does not provide the extra
+  # 'html_clean'" for jusText's lxml[html_clean], a notice that says nothing to a user.
+  quiet .venv/bin/python -m pip install -q --upgrade "pip>=24"
   .venv/bin/python -c "import torch" 2>/dev/null || quiet .venv/bin/pip install -q "${TORCH_SPEC:-torch==2.13.0}"
   quiet .venv/bin/pip install -q -e ".[all]"
   echo "$WANT" > "$STAMP"

@@ -8,6 +8,7 @@ import hashlib
 import io
 import itertools
 import json
+import re
 import unicodedata
 from collections import Counter
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 
 from data_pipeline import corpus
 from data_pipeline.corpus import generate_corpus, jaccard, word_shingles
+from data_pipeline.corpus import pii as corpus_pii
 from data_pipeline.stages.quality import stage_reason
 
 NUM_BASE = 600
@@ -223,6 +225,18 @@ def test_base_documents_are_distinct(truth: list[dict], records: dict[str, objec
     assert worst < 0.1, worst
 
 
+def test_base_texts_are_the_corpus_base_documents(truth: list[dict], records: dict[str, object]) -> None:
+    texts = corpus.base_texts()
+    assert texts is corpus.base_texts()  # computed once per process
+    assert len(texts) >= corpus.MIN_BASE_DOCS, len(texts)
+    for module, text in texts:
+        num_sentences = len(re.findall(r"[.!?](?:\s|$)", text))
+        assert module and len(text.split()) >= 80 and num_sentences >= 6, (module, text)
+    unedited = [r["id"] for r in truth if r["category"] == "base" and r["source"] in ("books", "notes")]
+    assert len(unedited) == corpus.NUM_BOOKS + corpus.NUM_NOTES
+    assert {_text(records, i) for i in unedited} <= {t for _, t in texts}
+
+
 def test_exact_duplicates(truth: list[dict], records: dict[str, object]) -> None:
     by_id = {r["id"]: r for r in truth}
     shard = lambda doc_id: doc_id.split(":")[0]  # noqa: E731 - "web/part-00003.jsonl"
@@ -279,15 +293,15 @@ def test_pii_values_and_hard_negatives_are_verbatim(truth: list[dict], records: 
             per_type[kind] += 1
             digits = "".join(ch for ch in value if ch.isdigit())
             if kind == "credit_card":
-                assert corpus._luhn_ok(digits), value
+                assert corpus_pii.luhn_ok(digits), value
             if kind == "iban":
-                assert corpus._iban_ok(value.replace(" ", "")), value
+                assert corpus_pii.iban_ok(value.replace(" ", "")), value
         for value in row["hard_negatives"]:
             assert value in text, value
             negatives.add(value)
         assert row["category"] == "pii" or (not row["pii"] and row["hard_negatives"]), row
     assert set(per_type) == set(corpus.PII_TYPES) and min(per_type.values()) >= 5, per_type
-    assert len(negatives) == len(corpus._HARD_NEGATIVES)
+    assert len(negatives) == len(corpus_pii.HARD_NEGATIVES)
     phones = [v for r in truth if r["category"] == "pii" for k, v in r["pii_values"] if k == "phone"]
     assert any(v.startswith("(") for v in phones) and any(v.startswith("+1 ") for v in phones)
     assert any(v.startswith("+44") for v in phones)

@@ -25,6 +25,7 @@ from tests.train_helpers import (
     losses,
     private_netns_ok,
     rank_of,
+    slow_steps,
     tiny_config_dict,
     write_arith_shards,
 )
@@ -93,7 +94,7 @@ def test_killed_rank_restarts_and_resumes_exactly(config, tmp_path):
     with log.open("w") as out:
         # `unshare` and `sh -c 'exec'` replace themselves, so this pid is torchrun's agent.
         agent = subprocess.Popen(
-            _torchrun(config, run, "debug.step_sleep_s=0.4"),
+            _torchrun(config, run, slow_steps(0.4)),
             env=_env(), cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         try:

@@ -22,7 +22,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 from eval.checkpoint import CheckpointError, load_checkpoint_model  # noqa: E402
 from eval.config import EvalConfig  # noqa: E402
 from eval.lm import LMScorer, disjoint_window, rolling_token_windows  # noqa: E402
-from tokenizer.bpe import load_tokenizer  # noqa: E402
+from pretrain.core.tokenizer_file import load_tokenizer  # noqa: E402
 
 MODEL = {
     "dim": 64,
@@ -40,12 +40,13 @@ def build_eval_run(base: Path) -> dict:
     """Tokenizer + token shards from stdlib docstrings, a 12-step run with checkpoints at 4, 8, 12, and
     held-out documents (every 10th docstring document) as JSONL and as a Parquet document-shard dir.
     Built once per session (a DONE marker), whichever test file asks first."""
-    from data_pipeline.corpus import _base_candidates
+    from data_pipeline.corpus import base_texts
     from pretrain.core.config import from_dict
     from pretrain.core.shards import ShardWriter
     from pretrain.core.token_shards import write_token_manifest, write_token_shard
     from tokenizer.bpe import save_tokenizer, train_bpe
-    from trainer.train import TrainConfig, train
+    from trainer.config import TrainConfig
+    from trainer.train import train
 
     paths = {
         "root": base,
@@ -59,7 +60,7 @@ def build_eval_run(base: Path) -> dict:
         return paths
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
-    cands = [("pydoc" if m == "pydoc_data" else "code", t) for m, t in _base_candidates()]
+    cands = [("pydoc" if m == "pydoc_data" else "code", t) for m, t in base_texts()]
     train_docs = [d for i, d in enumerate(cands) if i % 10]
     heldout = [{"text": t, "source": s} for i, (s, t) in enumerate(cands) if i % 10 == 0]
     save_tokenizer(train_bpe([t for _, t in train_docs], vocab_size=1024), paths["tok"])
@@ -194,7 +195,8 @@ def test_heldout_metrics_follow_lm_eval_definitions(run):
 
 
 def test_score_checkpoint_writes_rows_once_and_force_rescores(run, tmp_path):
-    from eval.score import GENERATIONS, RESULTS, read_rows, score_checkpoint
+    from eval.results import GENERATIONS, RESULTS, read_rows
+    from eval.score import score_checkpoint
 
     out = tmp_path / "eval"
     cfg = EvalConfig(heldout=str(run["heldout_jsonl"]), max_docs_per_source=6, device="cpu", max_new_tokens=8)
@@ -290,7 +292,7 @@ def test_document_prefix_is_what_preceded_documents_in_training(run, tmp_path):
 
 
 def test_watch_skips_a_save_in_progress_then_scores_it(run, tmp_path):
-    from eval.score import RESULTS, read_rows
+    from eval.results import RESULTS, read_rows
     from eval.watch import watch
 
     run_dir = tmp_path / "run"
@@ -461,6 +463,21 @@ def test_config_validation_names_the_field(tmp_path):
         load_config(EvalConfig, None, ["batchsize=4"])
     cfg = load_config(EvalConfig, Path(__file__).parent.parent / "configs" / "eval_tiny.yaml", [])
     assert cfg.tasks == "auto" and cfg.prefix_token == "auto"
+
+
+def test_cli_dry_run_prints_the_resolved_config_and_scores_nothing(tmp_path, capsys):
+    import yaml
+
+    from eval.cli import main
+
+    ckpt = tmp_path / "checkpoints" / "step_000004"  # need not exist: nothing is read
+    opts = ["--heldout", "h.jsonl", "--tasks", "none", "batch_size=8", "--dry-run"]
+    assert main(["run", "--checkpoint", str(ckpt), *opts]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed["batch_size"], printed["heldout"], printed["tasks"]) == (8, "h.jsonl", None)
+    assert main(["watch", "--run-dir", str(tmp_path), "--once", *opts]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["batch_size"] == 8
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "checkpoints").exists()
 
 
 @pytest.mark.gpu

@@ -20,6 +20,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 from tests.test_eval import build_eval_run  # noqa: E402
+from tests.train_helpers import slow_steps  # noqa: E402
 
 MAX_DOCS = 24  # held-out documents per source: about 25 MC documents per task, a few seconds in lm-eval
 
@@ -40,7 +41,7 @@ def compared(run, tmp_path_factory):
     from eval.heldout import read_heldout
     from eval.score import score_checkpoint
     from eval.tasks import make_tasks, write_mc_task
-    from tokenizer.bpe import load_tokenizer
+    from pretrain.core.tokenizer_file import load_tokenizer
 
     tmp = tmp_path_factory.mktemp("lmeval")
     ckpt = run["ckpts"] / "step_000012"
@@ -98,7 +99,7 @@ def test_greedy_generation_equals_transformers_generate(run, compared):
 
     from eval.checkpoint import load_checkpoint_model
     from eval.generate import generate_ids
-    from tokenizer.bpe import load_tokenizer
+    from pretrain.core.tokenizer_file import load_tokenizer
 
     hf_dir = compared[3]
     tok = load_tokenizer(run["tok"])
@@ -122,8 +123,8 @@ def test_fsdp2_sharded_checkpoint_loads_and_exports_on_cpu(run, tmp_path):
 
     from eval.checkpoint import load_checkpoint_model
     from eval.export import export_checkpoint
+    from pretrain.core.tokenizer_file import load_tokenizer
     from tests.test_eval import _hf_logits_equal
-    from tokenizer.bpe import load_tokenizer
 
     if (
         shutil.which("unshare") is None
@@ -164,13 +165,13 @@ def test_watch_beside_a_training_process(run, tmp_path):
     import subprocess
 
     from eval.config import EvalConfig
-    from eval.score import RESULTS, read_rows
+    from eval.results import RESULTS, read_rows
     from eval.watch import watch
 
     repo = Path(__file__).resolve().parent.parent
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "trainer", "train", "--config", str(run["run"] / "config.yaml")]
-    cmd += [f"run_dir={run_dir}", "debug.step_sleep_s=0.3"]
+    cmd += [f"run_dir={run_dir}", slow_steps(0.3)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo))
     trainer = subprocess.Popen(cmd, env=env, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -84,8 +84,8 @@ def check_invocation(module: str, argv: list[str], world_size: int = 1) -> argpa
 
         load_config(TokenizerEncodeConfig, config, overrides)
     elif (module, args.cmd) == ("trainer", "train"):
+        from trainer.config import TrainConfig
         from trainer.schedule import Timeline
-        from trainer.train import TrainConfig
 
         # The tokenizer directory lives on the cluster's shared storage, not here.
         cfg = load_config(TrainConfig, config, [*overrides, "data.tokenizer_dir=null"])
@@ -320,7 +320,7 @@ def test_k8s_indexed_job_runs_torchrun_with_c10d_rendezvous(tmp_path, index):
     pvc = _by_kind(INFRA / "k8s/shared-pvc.yaml")["PersistentVolumeClaim"]
     assert _claims(pod) == [pvc["metadata"]["name"]]
     # run_dir (and so the checkpoints the restarts resume from) is on the shared volume.
-    from trainer.train import TrainConfig
+    from trainer.config import TrainConfig
 
     cfg = load_config(TrainConfig, REPO / env["CONFIG"], ["data.tokenizer_dir=null"])
     assert cfg.run_dir.startswith("/shared/") and "/shared" in {m["mountPath"] for m in c["volumeMounts"]}

@@ -16,9 +16,9 @@ import pytest
 
 from pretrain.core.config import ConfigError, load_config
 from tests.pipeline_helpers import REPO
-from tests.train_helpers import child_pids, losses, rank_of, write_arith_shards, write_tiny_config
+from tests.train_helpers import child_pids, losses, rank_of, slow_steps, write_arith_shards, write_tiny_config
 from trainer import checkpoint as ckpt
-from trainer.train import TrainConfig
+from trainer.config import TrainConfig
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -88,7 +88,7 @@ def launched(shards, tmp_path_factory) -> tuple[Path, list[str], str]:
     """An uninterrupted nproc=2 DDP run, with the listening sockets its ranks held mid-run."""
     run = tmp_path_factory.mktemp("launched") / "run"
     proc = subprocess.Popen(
-        _cmd(_config(shards, run, nproc=2, parallel="ddp"), "debug.step_sleep_s=0.3"),
+        _cmd(_config(shards, run, nproc=2, parallel="ddp"), slow_steps(0.3)),
         env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     seen: list[str] = []
@@ -123,7 +123,7 @@ def test_killed_rank_fails_the_launch_and_rerun_resumes_exactly(shards, launched
     run = tmp_path / "run"
     config = _config(shards, run, nproc=2, parallel="ddp")
     proc = subprocess.Popen(
-        _cmd(config, "debug.step_sleep_s=0.4"),
+        _cmd(config, slow_steps(0.4)),
         env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
     )  # fmt: skip
@@ -207,7 +207,7 @@ def test_ranks_die_with_a_killed_launcher(shards, tmp_path):
     """kill -9 of the launcher alone (not its group): no orphaned rank keeps training."""
     run = tmp_path / "run"
     proc = subprocess.Popen(
-        _cmd(_config(shards, run, nproc=2, parallel="ddp"), "debug.step_sleep_s=5"),  # 60 s to go
+        _cmd(_config(shards, run, nproc=2, parallel="ddp"), slow_steps(5)),  # 60 s to go
         env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.time() + 120

@@ -10,14 +10,9 @@ import torch
 
 from pretrain.core import accel
 from pretrain.core.accel import mfu
-from trainer.metrics import (
-    MetricsLogger,
-    ProgressLine,
-    Throughput,
-    detect_peak_flops,
-    memory_snapshot,
-    read_metrics,
-)
+from trainer.callbacks.metrics import MetricsLogger
+from trainer.callbacks.progress import ProgressLine
+from trainer.metrics import Throughput, detect_peak_flops, memory_snapshot, read_metrics
 from trainer.model import Transformer, preset
 
 

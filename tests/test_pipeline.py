@@ -4,6 +4,7 @@ accounting, resume and worker-count invariance."""
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 
 import pytest
@@ -128,6 +129,39 @@ def test_single_stage_commands_chain_over_stage_dirs(run, tiny_corpus, tmp_path,
             assert t["id"] in kept, (t["id"], rejected[t["id"]]["reason"])
             meta = kept[t["id"]]["metadata"]
             assert all(meta[k] == v for k, v in norm_kept[t["id"]]["metadata"].items())
+
+
+def test_output_files_have_one_extension_and_ids_stay_positional(run):
+    out = run["out"]
+    shards = sorted(p.name for p in (out / "shards").iterdir())
+    rejects = sorted(p.name for p in (out / "rejects").iterdir())
+    assert "books__part-00000.parquet" in shards, shards
+    assert "books__part-00000.exact_dedup.parquet" in rejects, rejects
+    assert [n for n in shards + rejects if n.count(".parquet") != 1] == []
+    assert any(i.startswith("books/part-00000.parquet#") for i in run["kept"])  # ids: relpath#row
+
+
+def test_skipped_input_files_are_said_once_in_summary_stats_and_console(ray_local, tmp_path, caplog):
+    raw = tmp_path / "raw" / "web"
+    raw.mkdir(parents=True)
+    text = "The river keeps its slow pace through the valley, and the old mill still turns each spring."
+    (raw / "a.jsonl").write_text(json.dumps({"text": text}) + "\n")
+    (raw / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (raw / "NOTES.md").write_text("how this crawl was made\n")
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="data_pipeline.executor"):
+        stats = run_pipeline(pipeline_config(tmp_path, out))
+    skipped = {f["path"]: f["reason"] for f in stats["skipped_files"]}
+    assert sorted(skipped) == [str(raw / "NOTES.md"), str(raw / "logo.png")]
+    assert skipped[str(raw / "logo.png")].startswith("binary file (suffix '.png'")
+    assert skipped[str(raw / "NOTES.md")].startswith("unknown format (suffix '.md'")
+    assert json.loads((out / "stats.json").read_text())["skipped_files"] == stats["skipped_files"]
+    summary = (out / "summary.md").read_text()
+    assert "## Skipped input files" in summary and f"`{raw / 'logo.png'}` | binary file" in summary
+    lines = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("skipped 2 input files: "), lines
+    assert "NOTES.md (unknown format" in lines[0] and "logo.png (binary file" in lines[0]
+    assert stats["num_in"] == 1
 
 
 def test_dry_run_prints_config_and_plan(tiny_corpus, capsys):

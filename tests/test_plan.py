@@ -297,7 +297,8 @@ import json, sys
 import torch.optim.lr_scheduler, trainer.checkpoint, trainer.data, trainer.parallelize  # train() imports these first
 from pretrain.core.config import load_config
 from trainer.metrics import read_metrics, reset_peak_memory
-from trainer.train import TrainConfig, train
+from trainer.config import TrainConfig
+from trainer.train import train
 cfg = load_config(TrainConfig, sys.argv[1])
 reset_peak_memory(sys.argv[2])  # the baseline: everything but the model, optimizer and activations
 train(cfg)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from pretrain.core.token_shards import read_token_manifest
+from pretrain.core.tokenizer_file import load_tokenizer
 from tests.pipeline_helpers import REPO, read_outputs
-from tokenizer.bpe import load_tokenizer
 
 pytestmark = pytest.mark.slow
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from data_pipeline.readers import InputConfig, InputError, discover_inputs, read_unit
+from data_pipeline.readers import InputConfig, InputError, discover_inputs, read_unit, scan_inputs
 
 LINES = [
     json.dumps({"id": "a", "text": "first doc", "url": "https://x.org/a"}).encode(),
@@ -157,3 +158,68 @@ def test_units_sorted_and_named(tmp_path):
         ("b/x.jsonl", "jsonl", "b__x.jsonl"),
         ("t", "text", "t__txt"),
     ]
+
+
+def test_missing_text_field_is_warned_once_per_file_with_its_place(tmp_path, caplog):
+    d = tmp_path / "web"
+    d.mkdir()
+    recs = [{"id": "a", "text": "fine"}, {"id": "b", "body": "x"}, {"id": "c", "body": "y"}]
+    for name in ("one.jsonl", "two.jsonl"):
+        (d / name).write_text("".join(json.dumps(r) + "\n" for r in recs))
+    with caplog.at_level(logging.WARNING, logger="data_pipeline.readers"):
+        rows = _read_all(tmp_path)
+    assert [r[5] for r in rows].count("missing_text") == 4
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2, warnings  # once per file, not once per record
+    for name, msg in zip(("one.jsonl", "two.jsonl"), warnings):
+        assert msg.startswith(f"{d / name}:2: record has no 'text' field"), msg
+        assert "fields present: ['body', 'id']" in msg, msg
+
+
+def test_null_text_in_parquet_is_warned_with_its_row(tmp_path, caplog):
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"text": ["ok", None, None], "tag": ["x", "y", "z"]}), path)
+    with caplog.at_level(logging.WARNING, logger="data_pipeline.readers"):
+        rows = _read_all(path)
+    assert [r[5] for r in rows] == [None, "missing_text", "missing_text"]
+    [msg] = [r.getMessage() for r in caplog.records]
+    assert msg.startswith(f"{path} row 1: record has a null 'text' field"), msg
+    assert "fields present: ['text']" in msg, msg
+
+
+def test_skipped_files_are_listed_with_why(tmp_path):
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "a.jsonl").write_text(json.dumps({"text": "x"}) + "\n")
+    (tmp_path / "web" / "README.md").write_text("notes about the crawl\n")
+    (tmp_path / "web" / "blob.bin").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (tmp_path / "web" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    scan = scan_inputs(InputConfig(paths=[str(tmp_path)]))
+    assert [u.relpath for u in scan.units] == ["web/a.jsonl"]
+    reasons = {s.path: s.reason for s in scan.skipped}
+    assert sorted(reasons) == sorted(
+        str(tmp_path / "web" / n) for n in (".DS_Store", "README.md", "blob.bin")
+    )
+    assert reasons[str(tmp_path / "web" / ".DS_Store")] == "hidden file"
+    assert reasons[str(tmp_path / "web" / "blob.bin")].startswith("binary file (suffix '.bin'")
+    assert reasons[str(tmp_path / "web" / "README.md")].startswith("unknown format (suffix '.md'")
+    with pytest.raises(
+        InputError, match=r"no readable input files.*skipped 1: .*README\.md \(unknown format"
+    ):
+        (tmp_path / "web" / "a.jsonl").unlink()
+        (tmp_path / "web" / "blob.bin").unlink()
+        (tmp_path / "web" / ".DS_Store").unlink()
+        discover_inputs(InputConfig(paths=[str(tmp_path)]))
+
+
+def test_parquet_input_shard_has_one_extension(tmp_path):
+    (tmp_path / "books").mkdir()
+    pq.write_table(pa.table({"text": ["a"]}), tmp_path / "books" / "part-00000.parquet")
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "part-00000.jsonl").write_text(json.dumps({"text": "x"}) + "\n")
+    units = discover_inputs(InputConfig(paths=[str(tmp_path)]))
+    assert [(u.name, u.stem) for u in units] == [
+        ("books__part-00000.parquet", "books__part-00000"),  # shards/books__part-00000.parquet
+        ("web__part-00000.jsonl", "web__part-00000.jsonl"),
+    ]
+    rows = _read_all(tmp_path)
+    assert [r[0] for r in rows] == ["books/part-00000.parquet#0", "web/part-00000.jsonl:1"]  # ids unchanged

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.pipeline_helpers import REPO
+from tests.train_helpers import slow_steps
 
 pytestmark = pytest.mark.slow
 
@@ -66,8 +67,8 @@ def _run(run_dir: Path, *extra: str, timeout: int = 900) -> subprocess.Completed
 def _final_state(run_dir: Path) -> dict:
     """What must not depend on kills: shards, tokenizer, token shards, losses, eval values."""
     from pretrain.core.files import read_json
+    from pretrain.core.tokenizer_file import tokenizer_hash
     from pretrain.report import metrics_by_step
-    from tokenizer.bpe import tokenizer_hash
 
     def shards(d: Path) -> dict:
         m = read_json(d / "manifest.json")
@@ -98,7 +99,7 @@ def small_reference(tmp_path_factory) -> Path:
 def _kill_when(run_dir: Path, ready, what: str) -> None:
     """Start `pretrain run`, SIGKILL its whole process group (driver + local Ray) once ready()."""
     proc = subprocess.Popen(
-        _cmd(run_dir, *SMALL, "train.debug.step_sleep_s=0.25"),
+        _cmd(run_dir, *SMALL, slow_steps(0.25, "train.")),
         env=_env(),
         start_new_session=True,
         stdout=subprocess.DEVNULL,
@@ -113,7 +114,7 @@ def _kill_when(run_dir: Path, ready, what: str) -> None:
 
 
 def _started(run_dir: Path, stage: str) -> bool:
-    rec = run_dir / "stages" / f"{stage}.json"
+    rec = run_dir / "jobs" / f"{stage}.json"
     return rec.exists() and json.loads(rec.read_text())["status"] == "started"
 
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from pretrain.core.config import ConfigError, load_config
 from pretrain.core.shards import DOC_SCHEMA, write_manifest, write_table
-from tokenizer.bpe import load_tokenizer
+from pretrain.core.tokenizer_file import load_tokenizer
 from tokenizer.config import TokenizerTrainConfig
 from tokenizer.sample import allocate, plan_sample
 from tokenizer.train import train_tokenizer

@@ -19,8 +19,8 @@ from pretrain.core.token_shards import (
     open_token_shard,
     read_token_manifest,
 )
+from pretrain.core.tokenizer_file import load_tokenizer
 from tests.test_tokenizer import REPO, make_stage, synth_docs, tiny_cfg
-from tokenizer.bpe import load_tokenizer
 from tokenizer.config import TokenizerEncodeConfig
 from tokenizer.encode import run_encode
 from tokenizer.train import train_tokenizer

@@ -18,14 +18,20 @@ from pretrain.core.config import ConfigError, to_dict
 from tests.train_helpers import (
     NETNS,
     VOCAB,
+    NanLoss,
+    SlowSteps,
+    SpikeLoss,
     losses,
     metrics_rows,
     private_netns_ok,
+    slow_steps,
     tiny_train_config,
     write_arith_shards,
 )
 from trainer import checkpoint as ckpt
-from trainer.train import TrainConfig, train
+from trainer.callbacks import Callback
+from trainer.config import TrainConfig
+from trainer.train import RunDirBusy, Trainer, train
 
 REPO = Path(__file__).resolve().parent.parent
 TOTAL_STEPS = 12  # phase "short": steps 0-5, phase "long": steps 6-11
@@ -110,7 +116,7 @@ def test_resume_refuses_other_data(shards, tmp_path):
 
 def test_nan_batch_skips_the_step(shards, straight, tmp_path):
     run = tmp_path / "run"
-    summary = train(_cfg(shards, run, ["debug.nan_steps=[5]"]))
+    summary = train(_cfg(shards, run), callbacks=[NanLoss([5])])
     assert summary["skipped_steps"] == 1 and summary["last_step"] == TOTAL_STEPS
     m, ref = _metrics(run), _metrics(straight)
     assert m[5]["skipped"] == "nonfinite" and m[5]["loss"] is None  # strict JSON: NaN -> null
@@ -125,7 +131,7 @@ GUARD = ["guard.spike_min_history=2"]  # the 12-step test run needs a short hist
 
 def test_loss_spike_is_skipped(shards, straight, tmp_path):
     run = tmp_path / "run"
-    summary = train(_cfg(shards, run, [*GUARD, "debug.spike_steps=[3]"]))
+    summary = train(_cfg(shards, run, GUARD), callbacks=[SpikeLoss([3])])
     assert summary["skipped_steps"] == 1 and summary["last_step"] == TOTAL_STEPS
     m, ref = _metrics(run), _metrics(straight)
     assert m[3]["skipped"] == "loss_spike" and m[3]["loss"] > 1000 and "rollback" not in m[3]
@@ -137,8 +143,8 @@ def test_loss_spike_is_skipped(shards, straight, tmp_path):
 
 def test_repeated_spikes_roll_back_and_skip_ahead(shards, straight, tmp_path):
     run = tmp_path / "run"
-    overrides = [*GUARD, "guard.max_consecutive_spikes=2", "debug.spike_steps=[4, 5]"]
-    summary = train(_cfg(shards, run, overrides))
+    overrides = [*GUARD, "guard.max_consecutive_spikes=2"]
+    summary = train(_cfg(shards, run, overrides), callbacks=[SpikeLoss([4, 5])])
     assert summary["skipped_steps"] == 2 and summary["last_step"] == TOTAL_STEPS
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     # Steps 4 and 5 spike; the second spike in a row rolls back to the step-4 checkpoint, and
@@ -165,8 +171,6 @@ def test_repeated_spikes_roll_back_and_skip_ahead(shards, straight, tmp_path):
 
 
 def test_second_trainer_on_a_busy_run_dir_fails_at_once(shards, tmp_path):
-    from trainer.train import RunDirBusy, Trainer
-
     run = tmp_path / "run"
     first = Trainer(_cfg(shards, run))
     try:
@@ -243,7 +247,7 @@ def test_kill9_then_resume_matches(shards, straight, tmp_path):
     _cfg(shards, run)
     config = tmp_path / "run.yaml"
     proc = subprocess.Popen(
-        _cli(config, "debug.step_sleep_s=0.5"), env=_env(), cwd=REPO,
+        _cli(config, slow_steps(0.5)), env=_env(), cwd=REPO,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.time() + 120
@@ -286,3 +290,80 @@ def test_two_gloo_processes_match_single(shards, straight, tmp_path, parallel, r
     ours, ref = _losses(run), _losses(straight)
     assert len(ours) == TOTAL_STEPS
     np.testing.assert_allclose(ours, ref, rtol=1e-5)
+
+
+class Recorder(Callback):
+    """Records every hook call; vetoes the update of `veto_step` like a guard would."""
+
+    def __init__(self, veto_step: int):
+        self.calls: list[tuple] = []
+        self.veto_step = veto_step
+
+    def on_train_start(self, trainer):
+        self.calls.append(("start", trainer.step_num))
+
+    def pre_step(self, trainer, step, batch):
+        self.calls.append(("pre", step, tuple(batch["input_ids"].shape)))
+
+    def pre_optim_step(self, trainer, step, metrics):
+        assert {"loss", "grad_norm", "lr", "skipped"} <= set(metrics) and "tokens_per_s" not in metrics
+        if step == self.veto_step:
+            metrics["skipped"] = "test_veto"
+        self.calls.append(("optim", step))
+
+    def post_step(self, trainer, step, metrics):
+        self.calls.append(("post", step, trainer.step_num, metrics["skipped"]))
+
+    def on_save(self, trainer, step, path):
+        self.calls.append(("save", step, path.name))
+
+    def close(self):
+        self.calls.append(("close",))
+
+
+def test_callbacks_see_every_hook_and_may_skip_an_update(shards, straight, tmp_path):
+    run = tmp_path / "run"
+    rec = Recorder(veto_step=2)
+    summary = train(_cfg(shards, run, max_steps=4), callbacks=[rec])
+    assert summary["skipped_steps"] == 1 and summary["last_step"] == 4
+    assert rec.calls[0] == ("start", 0) and rec.calls[-1] == ("close",)
+    steps = [c for c in rec.calls[1:-1] if c[0] != "save"]
+    want = [
+        [("pre", s, (32, 16)), ("optim", s), ("post", s, s + 1, "test_veto" if s == 2 else False)]
+        for s in range(4)
+    ]
+    assert steps == [c for step in want for c in step]
+    assert [c for c in rec.calls if c[0] == "save"] == [("save", 4, "step_000004")]
+    m, ref = _metrics(run), _metrics(straight)
+    assert m[2]["skipped"] == "test_veto" and [m[s]["loss"] for s in range(3)] == [
+        ref[s]["loss"] for s in range(3)
+    ]
+    assert m[3]["loss"] != ref[3]["loss"]  # step 2's update really was skipped
+
+
+def test_callbacks_by_import_path_from_the_config(shards, tmp_path):
+    run = tmp_path / "run"
+    cfg = _cfg(shards, run, [slow_steps(0.01), "max_steps=1"])
+    assert cfg.callbacks == {"tests.train_helpers.SlowSteps": {"sleep_s": 0.01}}
+    trainer = Trainer(cfg)
+    try:
+        assert [type(cb).__name__ for cb in trainer.callbacks][0] == "SlowSteps"
+    finally:
+        trainer.close()
+    with pytest.raises(ConfigError, match="callbacks"):
+        _cfg(shards, run, ["callbacks={SlowSteps: {}}"])
+    with pytest.raises(ValueError, match="cannot import 'tests.train_helpers.NoSuchHook'"):
+        Trainer(_cfg(shards, run, ["callbacks={tests.train_helpers.NoSuchHook: {}}"]))
+    with pytest.raises(ValueError, match="cfg.callbacks"):
+        train(_cfg(shards, run, nproc=2, parallel="ddp"), callbacks=[SlowSteps(0)])
+
+
+def test_profiler_writes_a_trace_of_the_chosen_steps(shards, tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(shards, run, ["metrics.profile_steps=[1, 2]", "max_steps=3"]))
+    assert [p.name for p in (run / "profile").iterdir()] == ["steps_1-2_rank0.json"]
+    trace = json.loads((run / "profile" / "steps_1-2_rank0.json").read_text())
+    names = {e.get("name", "") for e in trace["traceEvents"]}
+    assert any("aten::mm" in n or "aten::addmm" in n for n in names), sorted(names)[:20]
+    with pytest.raises(ConfigError, match="profile_steps"):
+        _cfg(shards, run, ["metrics.profile_steps=[-1]"])

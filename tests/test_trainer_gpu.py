@@ -13,8 +13,9 @@ import torch
 
 from tests.train_helpers import metrics_rows, tiny_train_config, write_arith_shards
 from trainer import checkpoint as ckpt
+from trainer.config import TrainConfig
 from trainer.metrics import detect_peak_flops
-from trainer.train import TrainConfig, train
+from trainer.train import train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

@@ -1,17 +1,25 @@
 """Shared by the trainer tests: learnable synthetic token shards, the tiny two-phase config, losses
-per step from metrics.jsonl, the ranks under a launcher, and the private loopback-only network
-namespace multi-process torchrun runs go into."""
+per step from metrics.jsonl, the ranks under a launcher, the private loopback-only network
+namespace multi-process torchrun runs go into, and the test-only trainer callbacks (a NaN loss, a
+loss spike, slow steps) that reach the Trainer through `train(cfg, callbacks=[...])` or, in a
+subprocess, through the config's `callbacks` (SLOW_STEPS)."""
 
 from __future__ import annotations
 
 import functools
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
 
+from pretrain.core.config import load_config
 from pretrain.core.token_shards import write_token_manifest, write_token_shard
+from pretrain.report import metrics_by_step
+from trainer.callbacks import Callback
+from trainer.config import TrainConfig
 
 VOCAB = 512
 # torch's TCPStore (torchrun's rendezvous) listens on every interface whatever host it is given,
@@ -85,16 +93,11 @@ def write_tiny_config(shards: Path, run_dir: Path, **top) -> Path:
 
 def tiny_train_config(shards: Path, run_dir: Path, overrides=(), **top):
     """The tiny TrainConfig, loaded from its YAML with dotted overrides like the CLI does."""
-    from pretrain.core.config import load_config
-    from trainer.train import TrainConfig
-
     return load_config(TrainConfig, write_tiny_config(shards, run_dir, **top), list(overrides))
 
 
 def metrics_rows(run_dir: Path) -> dict[int, dict]:
     """step -> the last row logged for it (a resumed run re-logs the steps after its checkpoint)."""
-    from pretrain.report import metrics_by_step
-
     path = run_dir / "metrics.jsonl"
     assert path.exists(), f"{path} was never written"
     return {r["step"]: r for r in metrics_by_step(path)}
@@ -131,3 +134,56 @@ def rank_of(pid: int) -> int | None:
         if var.startswith(b"RANK="):
             return int(var[5:])
     return None
+
+
+# --- test-only trainer callbacks ------------------------------------------------------------------
+
+
+class NanLoss(Callback):
+    """The loss of each listed optimizer step becomes NaN (and so its gradients): the guard's
+    non-finite path. A forward hook on the model for that one step, removed before the update."""
+
+    def __init__(self, steps: list[int]):
+        self.steps = set(steps)
+        self._hook = None
+
+    def pre_step(self, trainer, step: int, batch: dict[str, Any]) -> None:
+        if step in self.steps:
+            self._hook = trainer.model.register_forward_hook(
+                lambda m, args, out: (out[0], out[1] * float("nan"))
+            )
+
+    def pre_optim_step(self, trainer, step: int, metrics: dict[str, Any]) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+
+class SpikeLoss(Callback):
+    """Multiplies the loss the guard sees at each listed step by 1000, once per step, so a step
+    re-run after a rollback is clean."""
+
+    def __init__(self, steps: list[int], factor: float = 1000.0):
+        self.steps, self.factor = set(steps), factor
+        self.fired: set[int] = set()
+
+    def pre_optim_step(self, trainer, step: int, metrics: dict[str, Any]) -> None:
+        if step in self.steps and step not in self.fired:
+            self.fired.add(step)
+            metrics["loss"] *= self.factor
+
+
+class SlowSteps(Callback):
+    """Sleeps after each step, so a test can kill a training process mid-run."""
+
+    def __init__(self, sleep_s: float):
+        self.sleep_s = sleep_s
+
+    def post_step(self, trainer, step: int, metrics: dict[str, Any]) -> None:
+        time.sleep(self.sleep_s)
+
+
+def slow_steps(sleep_s: float, prefix: str = "") -> str:
+    """The dotted override that adds SlowSteps(sleep_s) to a config run in a subprocess (every rank
+    imports it by name), e.g. `slow_steps(0.3)` or `slow_steps(0.25, "train.")` for `pretrain run`."""
+    return f"{prefix}callbacks={{tests.train_helpers.SlowSteps: {{sleep_s: {sleep_s}}}}}"

@@ -1,8 +1,8 @@
-"""Byte-level BPE: how the vocabulary is built, saved and loaded (HF `tokenizers`, no Ray, no torch).
+"""Byte-level BPE: how the vocabulary is built and saved (HF `tokenizers`, no Ray, no torch).
+Loading the saved file is the core's job (`pretrain.core.tokenizer_file.load_tokenizer`).
 
     tok = train_bpe(texts, vocab_size=4096)             # an iterator of str, any length
     save_tokenizer(tok, "runs/tok")                     # tokenizer.json + the transformers files
-    bpe = load_tokenizer("runs/tok")                    # bpe.encode(text), bpe.eos_id, bpe.hash
 
 Pre-tokenisation is GPT-4's split regex (contractions, letter runs, digits in groups of at most 3,
 punctuation runs, newlines, spaces) followed by ByteLevel *without* its own regex, so every byte
@@ -20,15 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pretrain.core.files import atomic_path
-from pretrain.core.tokenizer_file import (  # noqa: F401 (the file contract, re-exported)
-    BOS,
-    EOS,
-    PAD,
-    BPETokenizer,
-    _import_tokenizers,
-    load_tokenizer,
-    tokenizer_hash,
-)
+from pretrain.core.tokenizer_file import BOS, EOS, PAD, import_tokenizers, tokenizer_hash
 
 # GPT-4 (cl100k) split pattern; \p{N}{1,3} keeps digit groups at most 3 long.
 SPLIT_PATTERN = (
@@ -44,7 +36,7 @@ def special_tokens(num_reserved: int = DEFAULT_NUM_RESERVED) -> list[str]:
 
 def new_tokenizer():
     """An untrained byte-level BPE tokenizer with the GPT-4 split."""
-    tk = _import_tokenizers()
+    tk = import_tokenizers()
     tok = tk.Tokenizer(tk.models.BPE(byte_fallback=False))
     tok.pre_tokenizer = tk.pre_tokenizers.Sequence(
         [
@@ -58,7 +50,7 @@ def new_tokenizer():
 
 def train_bpe(texts: Iterable[str], vocab_size: int, num_reserved: int = DEFAULT_NUM_RESERVED):
     """Train on `texts` (streamed; HF counts words as they come) and return a `tokenizers.Tokenizer`."""
-    tk = _import_tokenizers()
+    tk = import_tokenizers()
     specials = special_tokens(num_reserved)
     min_size = len(specials) + 256
     if vocab_size < min_size:

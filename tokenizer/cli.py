@@ -9,19 +9,30 @@ ray job submit --working-dir . -- python -m tokenizer encode --input ... --token
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 
+from pretrain.core.cli import add_config_args, dispatch
 from pretrain.core.config import dump_yaml, load_config
+from pretrain.core.runner import PipelineError
+from pretrain.core.tokenizer_file import BPETokenizer, load_tokenizer
+from tokenizer.config import TokenizerEncodeConfig, TokenizerTrainConfig
+from tokenizer.encode import run_encode
+from tokenizer.train import train_tokenizer
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a byte-level BPE on a sample of a stage directory's shards")
     p.add_argument("--input", required=True, help="stage directory with shards/ + manifest.json")
     p.add_argument("--out", required=True, help="tokenizer directory to write")
-    p.add_argument("--config", help="YAML (TokenizerTrainConfig); defaults apply to missing fields")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. vocab_size=8192")
+    add_config_args(
+        p,
+        config_help="YAML (TokenizerTrainConfig); defaults apply to missing fields",
+        overrides_help="dotted overrides, e.g. vocab_size=8192",
+        dry_run_help="print the resolved config, train nothing",
+        restart_help=None,
+    )
     p.add_argument("--force", action="store_true", help="retrain even when OUT is up to date")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config, train nothing")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("encode", help="encode document shards into token shards (one Ray task per shard)")
@@ -29,10 +40,12 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", required=True, help="tokenizer directory (pretrain tokenizer train --out)")
     p.add_argument("--output", required=True, help="token-shard directory to write")
     p.add_argument("--workers", type=int, help="encode tasks at once (default: one per CPU)")
-    p.add_argument("--config", help="YAML (TokenizerEncodeConfig)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. add_bos=true ray.address=auto")
-    p.add_argument("--restart", action="store_true", help="delete the output directory first")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config, encode nothing")
+    add_config_args(
+        p,
+        config_help="YAML (TokenizerEncodeConfig)",
+        overrides_help="dotted overrides, e.g. add_bos=true ray.address=auto",
+        dry_run_help="print the resolved config, encode nothing",
+    )
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("inspect", help="show how a text is split into tokens")
@@ -42,14 +55,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tokenizer.config import TokenizerTrainConfig
-
     cfg = load_config(TokenizerTrainConfig, args.config, args.overrides)
     if args.dry_run:
         print(dump_yaml(cfg), end="")
         return 0
-    from tokenizer.train import train_tokenizer
-
     try:
         report = train_tokenizer(args.input, args.out, cfg, force=args.force)
     except (FileNotFoundError, ValueError) as e:  # a wrong directory or unusable input: one line
@@ -69,19 +78,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from tokenizer.config import TokenizerEncodeConfig
-
     overrides = list(args.overrides) + ([f"workers={args.workers}"] if args.workers is not None else [])
     cfg = load_config(TokenizerEncodeConfig, args.config, overrides)
     if args.dry_run:
         print(dump_yaml(cfg), end="")
         return 0
-    from data_pipeline.executor import clean_output
-    from pretrain.core.runner import PipelineError
-    from tokenizer.encode import run_encode
-
     if args.restart:
-        clean_output(args.output)
+        shutil.rmtree(args.output, ignore_errors=True)
     try:
         stats = run_encode(args.input, args.tokenizer, args.output, cfg)
     except (PipelineError, FileNotFoundError, ValueError) as e:
@@ -96,7 +99,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_tokens(bpe, text: str) -> str:
+def format_tokens(bpe: BPETokenizer, text: str) -> str:
     """A table of the tokens of `text`: position, id, the token's text (repr) and its UTF-8 bytes."""
     rows = [("#", "id", "text", "bytes")]
     for i, (tid, _, _) in enumerate(bpe.split(text)):
@@ -118,8 +121,6 @@ def format_tokens(bpe, text: str) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from tokenizer.bpe import load_tokenizer
-
     text = args.text if args.text is not None else sys.stdin.read()
     try:
         bpe = load_tokenizer(args.tokenizer)
@@ -131,8 +132,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m tokenizer") -> int:
-    from pretrain.core.cli import dispatch
-
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     add_subcommands(parser.add_subparsers(dest="cmd", required=True))
     return dispatch(parser, argv)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pretrain.core.config import check, to_dict
-from pretrain.core.runner import RayConfig
+from pretrain.core.sections import TaskConfig
 from tokenizer.bpe import DEFAULT_NUM_RESERVED, special_tokens
 
 
@@ -62,23 +62,20 @@ class TokenizerTrainConfig:
 
 
 @dataclass
-class TokenizerEncodeConfig:
-    """Encoding document shards into token shards, one Ray task per document shard."""
+class TokenizerEncodeConfig(TaskConfig):
+    """Encoding document shards into token shards, one Ray task per document shard. `ray`,
+    `batch_rows` (documents encoded per call; memory only, the output is the same) and `progress`
+    come from TaskConfig."""
 
     add_bos: bool = False
     """Start every document with <|bos|>. Every document always ends with <|eos|>."""
-    batch_rows: int = 1000
-    """Documents encoded per call inside a task (memory only; does not change the output)."""
     workers: int = 0
     """Encode tasks running at once; 0 = one per CPU of the Ray cluster. A local Ray started for
     the run gets this many CPUs."""
     single_threaded: bool = True
     """Each task encodes on one thread and parallelism comes from running one task per CPU (what
     scales to a cluster). False lets `tokenizers` use every core inside each task (workers=1)."""
-    ray: RayConfig = field(default_factory=RayConfig)
-    progress: bool = True
-    """Show a live progress display."""
 
     def __post_init__(self) -> None:
-        check(self.batch_rows >= 1, "batch_rows", self.batch_rows, ">= 1")
+        super().__post_init__()
         check(self.workers >= 0, "workers", self.workers, ">= 0 (0 = one per CPU)")

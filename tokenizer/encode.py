@@ -9,7 +9,7 @@ sha256, tokenizer hash, add_bos) and whose outputs are intact, so a killed run r
 or duplication; the output is the same for any number of workers. OUT/manifest.json (token counts
 per shard and per source, the tokenizer hash, eos/bos ids, appends_eos) is written last;
 OUT/stats.json has the timings. Tests kill a worker mid-shard with
-DATA_PIPELINE_CRASH=<doc-shard-stem>:<after N docs>:<marker file> (data_pipeline.tasks.maybe_crash).
+DATA_PIPELINE_CRASH=<doc-shard-stem>:<after N docs>:<marker file> (pretrain.core.runner.maybe_crash).
 """
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ from urllib.parse import quote
 
 import numpy as np
 
-from data_pipeline.tasks import maybe_crash
 from pretrain.core.config import dump_yaml
 from pretrain.core.done import load_done, output_sizes
 from pretrain.core.files import write_json
 from pretrain.core.hashing import file_fingerprint, sha256_file
+from pretrain.core.progress import Progress
+from pretrain.core.runner import maybe_crash, raise_errors, run_tasks
 from pretrain.core.shards import iter_batches, list_shards, read_manifest
 from pretrain.core.token_shards import token_dtype, write_token_manifest, write_token_shard
-from tokenizer.bpe import BPETokenizer, load_tokenizer
+from pretrain.core.tokenizer_file import BPETokenizer, load_tokenizer
 from tokenizer.config import TokenizerEncodeConfig
 from tokenizer.sample import byte_lengths
 
@@ -118,9 +119,6 @@ def run_encode(
     input_dir: str | Path, tok_dir: str | Path, out_dir: str | Path, cfg: TokenizerEncodeConfig
 ) -> dict[str, Any]:
     """Encode every document shard of INPUT (skipping finished ones); write the manifest and stats."""
-    from pretrain.core.progress import Progress
-    from pretrain.core.runner import raise_errors, run_tasks
-
     t_start = time.perf_counter()
     inp, out = Path(input_dir), Path(out_dir)
     bpe = load_tokenizer(tok_dir)

@@ -22,7 +22,8 @@ from pretrain.core.config import config_hash, dump_yaml, to_dict
 from pretrain.core.files import read_json, write_json
 from pretrain.core.hashing import sha256_file
 from pretrain.core.shards import list_shards, read_manifest
-from tokenizer.bpe import BPETokenizer, save_tokenizer, special_tokens, tokenizer_hash, train_bpe
+from pretrain.core.tokenizer_file import BPETokenizer, tokenizer_hash
+from tokenizer.bpe import save_tokenizer, special_tokens, train_bpe
 from tokenizer.config import TokenizerTrainConfig
 from tokenizer.sample import SamplePlan, plan_sample
 

@@ -12,6 +12,15 @@ import logging
 import os
 import sys
 
+import torch.distributed as dist
+
+from pretrain.core.cli import dispatch
+from pretrain.core.config import dump_yaml, load_config
+from trainer.config import TrainConfig
+from trainer.launch import INIT_ENV, LaunchError
+from trainer.schedule import Timeline
+from trainer.train import RunDirBusy, train
+
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file with a TrainConfig")
@@ -23,10 +32,6 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pretrain.core.config import dump_yaml, load_config
-    from trainer.schedule import Timeline
-    from trainer.train import TrainConfig, train
-
     logging.getLogger().setLevel(logging.INFO)
     cfg = load_config(TrainConfig, args.config, args.overrides)  # ConfigError -> exit 2 in dispatch
     if args.dry_run:
@@ -35,11 +40,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(dump_yaml(cfg))
         print(timeline.describe())
         return 0
-    import torch.distributed as dist
-
-    from trainer.launch import INIT_ENV, LaunchError
-    from trainer.train import RunDirBusy
-
     try:
         summary = train(cfg)
     except (LaunchError, RunDirBusy) as e:  # a local rank died (which, and its log); a busy run dir
@@ -54,8 +54,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pretrain.core.cli import dispatch
-
     parser = argparse.ArgumentParser(prog="python -m trainer")
     sub = parser.add_subparsers(dest="command", required=True)
     configure(sub.add_parser("train", help="train or resume a model"))

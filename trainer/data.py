@@ -337,7 +337,7 @@ class PrefetchLoader:
 
 
 def _collate(samples: list[Sample]) -> dict[str, Any]:
-    import torch
+    import torch  # torch only for batches: load_sources and PackedStream stay numpy-only
 
     tokens = torch.from_numpy(np.stack([s.tokens for s in samples]))  # (B, T + 1) int64
     return {

@@ -18,6 +18,7 @@ from the newest complete checkpoint like any other run.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -26,10 +27,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from trainer.train import TrainConfig
+import torch
+
+from pretrain.core.config import dump_yaml
+from trainer.config import TrainConfig
+from trainer.schedule import Timeline
 
 INIT_ENV = "PRETRAIN_DIST_INIT"
 """The process-group init method the launched ranks use (a file:// URL); read by init_distributed."""
@@ -73,8 +77,6 @@ def rank_env(rank: int, nproc: int, init_method: str, threads: int) -> dict[str,
 def _die_with_parent() -> None:
     """In each rank before exec (Linux): SIGKILL when the launcher dies, even by kill -9, so no
     orphaned rank keeps writing checkpoints beside the ranks of a rerun."""
-    import ctypes
-
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -101,19 +103,13 @@ def _stop(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
 
 def launch_local(cfg: TrainConfig, poll_s: float = 0.2) -> dict[str, Any]:
     """Train `cfg` in `cfg.nproc` local processes; returns rank 0's summary."""
-    from pretrain.core.config import dump_yaml
-
     nproc = cfg.nproc
     if nproc < 2:
         raise ValueError(f"launch_local needs nproc >= 2, got {nproc}")
     if cfg.device != "cpu":
-        import torch
-
         gpus = torch.cuda.device_count()
         if gpus and nproc > gpus:
             raise LaunchError(f"nproc={nproc} but this machine has {gpus} GPUs (one process per GPU)")
-    from trainer.schedule import Timeline
-
     # A batch that cannot split over nproc ranks fails here, once, not in every rank.
     Timeline.build(cfg.curriculum.phases, cfg.curriculum.schedule, nproc)
     work = Path(cfg.run_dir) / "launch"

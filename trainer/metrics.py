@@ -1,14 +1,12 @@
-"""Training metrics: peak-FLOPs table + MFU, JSONL/TensorBoard logger, throughput, memory, progress.
+"""Training measurements: the device's peak FLOP/s, rolling throughput, memory, metrics.jsonl rows.
 
     peak = detect_peak_flops(device, "bf16")      # None on CPU / unknown GPU -> MFU not reported
-    log = MetricsLogger(run_dir, rank, tensorboard=True)
     tput = Throughput(window=20)
     tput.update(num_tokens, step_s, data_wait_s)
-    log.log(step, loss=loss, lr=lr, tokens_per_s=tput.tokens_per_s,
-            mfu=mfu(model.flops_per_token(seq_len), tput.tokens_per_s, peak, world_size),
-            **memory_snapshot(device))
+    mfu(model.flops_per_token(seq_len), tput.tokens_per_s, peak, world_size)   # pretrain.core.accel
+    memory_snapshot(device)                       # GiB: CUDA max allocated, or RSS on CPU
 
-No Ray; torch is imported only by the functions that touch a device.
+The loop's metrics callback (trainer/callbacks/metrics.py) puts these into each step's row.
 """
 
 from __future__ import annotations
@@ -25,6 +23,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pretrain.core.accel import peak_flops_for_name
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,6 @@ def detect_peak_flops(device: Any, dtype: Any = "bf16") -> float | None:
     """
     if isinstance(device, str) and not _DEVICE_SPEC.match(device):
         return peak_flops_for_name(device, dtype)
-    import torch
-
     device = torch.device(device)
     if device.type != "cuda":
         return None
@@ -50,8 +48,6 @@ def detect_peak_flops(device: Any, dtype: Any = "bf16") -> float | None:
 
 def measure_matmul_flops(dtype: Any = None, n: int = 1024, repeats: int = 5) -> float:
     """MEASURED (not datasheet) FLOP/s of an n x n matmul on CPU: best of `repeats` runs."""
-    import torch
-
     a = torch.randn(n, n, dtype=dtype or torch.float32)
     b = torch.randn(n, n, dtype=dtype or torch.float32)
     a @ b  # first call pays one-time allocation/thread-pool start-up
@@ -126,8 +122,6 @@ def reset_peak_memory(device: Any = "cpu") -> None:
     keeps after a free still count, and freed memory held since before the reset may be reused
     without raising it.
     """
-    import torch
-
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -146,8 +140,6 @@ def reset_peak_memory(device: Any = "cpu") -> None:
 def memory_snapshot(device: Any = "cpu") -> dict[str, float]:
     """GiB in use: CUDA max allocated/reserved on a GPU, process RSS (current and peak) on CPU; plus
     `mem_peak_above_base_gib` after reset_peak_memory(device) (see there)."""
-    import torch
-
     device = torch.device(device)
     if device.type == "cuda":
         snap = {
@@ -173,69 +165,6 @@ def memory_snapshot(device: Any = "cpu") -> dict[str, float]:
     return snap
 
 
-def _scalar(v: Any) -> Any:
-    """Tensors / numpy scalars -> Python numbers; non-finite floats -> None (strict JSON)."""
-    if hasattr(v, "item") and callable(v.item):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
-class MetricsLogger:
-    """One JSON row per log() call to run_dir/metrics.jsonl (rank 0 only), plus TensorBoard scalars.
-
-    Each row is one write() of one line to a file opened for append, flushed at once, so a crash
-    loses at most the row being written and a reader never sees half a row from an earlier step.
-    """
-
-    def __init__(self, run_dir: str | Path, rank: int = 0, tensorboard: bool = False):
-        self.rank = rank
-        self.path = Path(run_dir) / "metrics.jsonl"
-        self._file = None
-        self._tb = None
-        if rank != 0:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                print(
-                    "metrics: tensorboard not installed (pip install tensorboard); writing metrics.jsonl only"
-                )
-            else:
-                self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
-
-    def log(self, step: int, **values: Any) -> dict[str, Any] | None:
-        """Write {"step", "time", **values}; returns the row on rank 0, None elsewhere."""
-        if self._file is None:
-            return None
-        row = {"step": int(step), "time": time.time(), **{k: _scalar(v) for k, v in values.items()}}
-        self._file.write(json.dumps(row, allow_nan=False) + "\n")
-        self._file.flush()
-        if self._tb is not None:
-            for k, v in row.items():
-                if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self._tb.add_scalar(k, v, global_step=int(step))
-        return row
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
-
-    def __enter__(self) -> MetricsLogger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """Rows of run_dir/metrics.jsonl; a torn last line (crash mid-write) is skipped."""
     rows = []
@@ -245,58 +174,3 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return rows
-
-
-def format_eta(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
-
-
-class ProgressLine:
-    """Console progress with ETA on rank 0: a rich bar on a terminal, a plain line every
-    `every` steps otherwise (log files get readable lines, not bar redraws)."""
-
-    def __init__(self, total_steps: int, start_step: int = 0, enabled: bool = True, every: int = 10):
-        self.total_steps, self.start_step, self.every = total_steps, start_step, every
-        self.enabled = enabled
-        self._t0 = time.perf_counter()
-        self._bar = None
-        if enabled and sys.stdout.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._bar = Progress(
-                BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")
-            )
-            self._task = self._bar.add_task("train", total=total_steps, completed=start_step, info="")
-            self._bar.start()
-
-    def eta_s(self, step: int) -> float:
-        """Seconds left, from the mean step time since this process started (resume-aware)."""
-        done = step - self.start_step
-        if done <= 0:
-            return math.inf
-        return (time.perf_counter() - self._t0) / done * (self.total_steps - step)
-
-    def line(self, step: int, **fields: Any) -> str:
-        eta = self.eta_s(step)
-        parts = [f"step {step}/{self.total_steps}"]
-        parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items()]
-        parts.append(f"eta {format_eta(eta) if math.isfinite(eta) else '?'}")
-        return " | ".join(parts)
-
-    def update(self, step: int, **fields: Any) -> None:
-        """`step` = optimizer steps completed."""
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
-            self._bar.update(self._task, completed=step, info=info)
-        elif step % self.every == 0 or step == self.total_steps:
-            print(self.line(step, **fields), flush=True)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None

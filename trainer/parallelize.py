@@ -15,6 +15,11 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.nn.parallel import DistributedDataParallel
+
+from trainer.launch import INIT_ENV
 
 
 @dataclass(frozen=True)
@@ -35,8 +40,6 @@ class DistEnv:
 def init_distributed(device_type: str) -> DistEnv:
     """Join the process group when launched by torchrun (env:// rendezvous) or by trainer/launch.py
     (a file:// rendezvous in PRETRAIN_DIST_INIT); a no-op in a plain process."""
-    from trainer.launch import INIT_ENV
-
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(
@@ -69,20 +72,14 @@ def parallelize(
 ) -> nn.Module:
     """Wrap `model` (already on `device`, already initialised) for `mode`."""
     if activation_checkpointing:
-        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-
         for i, block in enumerate(model.layers):
             model.layers[i] = checkpoint_wrapper(block)
     if mode == "none" or not dist.is_initialized():
         return model
     if mode == "ddp":
-        from torch.nn.parallel import DistributedDataParallel
-
         ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
     if mode == "fsdp2":
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
         # bf16 compute with fp32 gradient reduction on GPU; fp32 throughout on CPU.
         mp = (
             MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)

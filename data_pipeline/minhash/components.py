@@ -10,7 +10,7 @@ otherwise; both write the same bytes. `ray_components` alternates large-star and
 (Kiveris et al. 2014, "Connected Components in MapReduce and Beyond"): every step is one Ray task per
 hash partition, writes `iter_NNNN/part-PPPPP.parquet` atomically plus `iter_NNNN/done.json`, and a
 rerun resumes after the last finished step (and keeps finished partitions of an unfinished one).
-Ray must already be initialised by the caller (see data_pipeline.executor.ensure_ray).
+Ray must already be initialised by the caller (see pretrain.core.runner.ensure_ray).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from pretrain.core.files import atomic_path, read_json, write_json
 from pretrain.core.hashing import file_fingerprint
+from pretrain.core.runner import raise_errors, ray_map
 
 log = logging.getLogger(__name__)
 
@@ -156,11 +157,11 @@ def ray_components(
     Returns {"num_iterations" (star steps), "num_nodes", "num_components", "component_files", ...};
     raises ComponentsNotConverged after max_iterations star steps (a rerun with more continues).
     """
-    import ray
+    import ray  # heavy; only the distributed path needs it
 
     if not ray.is_initialized():
         raise RuntimeError(
-            "ray_components needs Ray initialised by the caller (ray.init or executor.ensure_ray)"
+            "ray_components needs Ray initialised by the caller (ray.init or pretrain.core.runner.ensure_ray)"
         )
     if max_iterations < 2:
         raise ValueError(
@@ -264,8 +265,6 @@ def _components_task(inputs: list[str], partition: int, num_partitions: int, out
 
 def _run(fn: Callable, jobs: list[tuple]) -> list[dict]:
     """Ray tasks fn(*job), results in job order; any failure raises PipelineError naming each."""
-    from pretrain.core.runner import raise_errors, ray_map
-
     results, errors = ray_map(fn, [(f"{fn.__name__}[{i}]", job) for i, job in enumerate(jobs)])
     raise_errors(errors, fn.__name__)
     return [results[f"{fn.__name__}[{i}]"] for i in range(len(jobs))]

@@ -17,8 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from data_pipeline.minhash import steps
+from data_pipeline.minhash.components import components
+from data_pipeline.minhash.lsh import choose_bands_rows, format_s_curve
+from data_pipeline.summary import write_summary
 from pretrain.core.config import check, config_hash, dump_yaml, load_config, to_dict
-from pretrain.core.runner import RayConfig
+from pretrain.core.done import load_done
+from pretrain.core.files import read_json, write_json
+from pretrain.core.hashing import file_fingerprint
+from pretrain.core.progress import Progress
+from pretrain.core.runner import ensure_ray, raise_errors, run_tasks
+from pretrain.core.sections import TaskConfig
+from pretrain.core.shards import list_shards, write_manifest
 
 
 @dataclass
@@ -75,25 +85,21 @@ class MinHashConfig:
     def bands_rows(self) -> tuple[int, int]:
         if self.bands is not None:
             return self.bands, self.rows
-        from data_pipeline.minhash.lsh import choose_bands_rows
-
         return choose_bands_rows(self.threshold, self.num_perm)
 
 
 @dataclass
-class MinHashRunConfig:
+class MinHashRunConfig(TaskConfig):
+    """MinHash dedup of one stage directory; `ray`, `batch_rows` (rows per batch when rewriting
+    shards) and `progress` come from TaskConfig."""
+
     input_dir: str = "runs/data"
     """A finished stage directory (shards/ + manifest.json), e.g. the output of `pretrain data run`."""
     output_dir: str = "runs/dedup"
     """Where shards/, rejects/, manifest.json, stats.json and summary.md go."""
     minhash: MinHashConfig = field(default_factory=MinHashConfig)
-    ray: RayConfig = field(default_factory=RayConfig)
-    batch_rows: int = 1000
-    """Rows per batch when rewriting shards."""
     num_example_rejects: int = 3
     """Example rejects per reason in the summary."""
-    progress: bool = True
-    """Live progress display."""
 
 
 def load_minhash_config(
@@ -103,17 +109,6 @@ def load_minhash_config(
 
 
 def run_minhash_dedup(cfg: MinHashRunConfig) -> dict[str, Any]:
-    from data_pipeline.minhash import steps
-    from data_pipeline.minhash.components import components
-    from data_pipeline.minhash.lsh import format_s_curve
-    from data_pipeline.summary import write_summary
-    from pretrain.core.done import load_done
-    from pretrain.core.files import read_json, write_json
-    from pretrain.core.hashing import file_fingerprint
-    from pretrain.core.progress import Progress
-    from pretrain.core.runner import raise_errors, run_tasks
-    from pretrain.core.shards import list_shards, write_manifest
-
     t_start = time.perf_counter()
     mh = cfg.minhash
     bands, rows = mh.bands_rows()
@@ -183,8 +178,6 @@ def run_minhash_dedup(cfg: MinHashRunConfig) -> dict[str, Any]:
         ],
     )
     edge_files = [str(work / "edges" / f"p={p:05d}.parquet") for p in range(P)]
-    from pretrain.core.runner import ensure_ray
-
     ensure_ray(cfg.ray)
     cc_dir = work / f"cc-{vfp}"
     cc = components(edge_files, str(cc_dir), P, small_edge_limit=mh.union_find_max_edges)

@@ -5,7 +5,7 @@
 
 Writes a stage directory (`shards/*.parquet` in DOC_SCHEMA + manifest.json) and `truth.jsonl`.
 Documents (100-300 words) are English prose sentences of the Python standard library's docstrings
-(`data_pipeline.corpus._base_candidates()`), split into sentences and recombined with a seeded RNG;
+(`data_pipeline.corpus.base_texts()`), split into sentences and recombined with a seeded RNG;
 about a third carry a header or footer boilerplate line. Planted pairs: an original and a copy
 edited by one kind of edit (word insertions, deletions, substitutions, mixed word edits,
 boilerplate lines added/changed, reordered paragraphs plus substitutions), the number of edits found
@@ -28,8 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
+from data_pipeline.corpus import base_texts
+from data_pipeline.groundtruth import read_outputs
 from data_pipeline.minhash.shingles import jaccard, word_shingles
+from pretrain.core.jsonl import iter_jsonl, write_jsonl
+from pretrain.core.shards import DOC_SCHEMA, write_manifest, write_table
 
 LEVELS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 DEFAULT_PAIRS_PER_LEVEL = {0.5: 300, 0.6: 100, 0.7: 100, 0.8: 100, 0.85: 300, 0.9: 300, 0.95: 300}
@@ -57,10 +62,8 @@ _BOILERPLATE = (
 
 
 def _sentences() -> list[str]:
-    from data_pipeline.corpus import _base_candidates
-
     seen, out = set(), []
-    for _, text in _base_candidates():
+    for _, text in base_texts():
         for line in text.splitlines():
             for s in _SENTENCE.split(line.strip()):
                 key = " ".join(s.lower().split())
@@ -210,7 +213,7 @@ def _plant_pair(
 def _unplanted_over(texts: list[str], planted: set[tuple[int, int]], limit: float) -> tuple[list, float]:
     """Exact word 5-gram Jaccard of every pair of documents sharing a shingle: the unplanted pairs
     above `limit` and the largest unplanted Jaccard."""
-    import xxhash
+    import xxhash  # data extra; only the data stages need it
 
     sets = [word_shingles(t) for t in texts]
     sizes = np.array([len(s) for s in sets], np.int64)
@@ -246,10 +249,6 @@ def generate_neardup_corpus(
     num_shards: int = NUM_SHARDS,
 ) -> dict[str, Any]:
     """Write the stage directory and truth.jsonl under `out_dir`; return a summary dict."""
-    import pyarrow as pa
-
-    from pretrain.core.shards import DOC_SCHEMA, write_manifest, write_table
-
     t0 = time.perf_counter()
     out = Path(out_dir)
     per_level = DEFAULT_PAIRS_PER_LEVEL if num_pairs_per_level is None else num_pairs_per_level
@@ -319,13 +318,12 @@ def generate_neardup_corpus(
         shard_entries.append(write_table(out / "shards" / f"part-{s:05d}.parquet", table))
     write_manifest(out, shards=shard_entries, source="neardup_corpus", seed=seed)
     pair_ids = {ids[p["a"]] for p in pairs} | {ids[p["b"]] for p in pairs}
-    with open(out / "truth.jsonl", "w") as f:
-        for p in pairs:
-            row = {"kind": "pair", **p, "a": ids[p["a"]], "b": ids[p["b"]], "jaccard": round(p["jaccard"], 6)}
-            f.write(json.dumps(row) + "\n")
-        for i in keep:
-            if ids[i] not in pair_ids:
-                f.write(json.dumps({"kind": "singleton", "id": ids[i]}) + "\n")
+    truth = [
+        {"kind": "pair", **p, "a": ids[p["a"]], "b": ids[p["b"]], "jaccard": round(p["jaccard"], 6)}
+        for p in pairs
+    ]
+    truth += [{"kind": "singleton", "id": ids[i]} for i in keep if ids[i] not in pair_ids]
+    write_jsonl(out / "truth.jsonl", truth)
     summary = {
         "num_docs": len(keep),
         "num_pairs": len(pairs),
@@ -344,8 +342,7 @@ def generate_neardup_corpus(
 def load_truth(out_dir: str | Path) -> tuple[list[dict], list[str]]:
     """(planted pairs, singleton ids) from truth.jsonl."""
     pairs, singles = [], []
-    for line in open(Path(out_dir) / "truth.jsonl"):
-        row = json.loads(line)
+    for _, row in iter_jsonl(Path(out_dir) / "truth.jsonl"):
         (pairs.append(row) if row["kind"] == "pair" else singles.append(row["id"]))
     return pairs, singles
 
@@ -378,8 +375,6 @@ def score(
 def clusters_from_dedup_output(run_dir: str | Path) -> tuple[dict[str, str], set[str]]:
     """(cluster id per clustered document, removed ids) from a `run_minhash_dedup` output: each
     reject names its cluster and survivor, so the survivor is in that cluster too."""
-    from data_pipeline.groundtruth import read_outputs
-
     _, rejected = read_outputs(run_dir)
     cluster: dict[str, str] = {}
     for doc_id, r in rejected.items():

@@ -71,7 +71,7 @@ def _fmix64_int(h: int) -> int:
 def shingle_hash32(shingle: str | bytes, mode: str = "word") -> int:
     """The 32-bit hash of one shingle, in plain Python: the reference the numpy path must match,
     and a `hashfunc` for datasketch's MinHash (word shingles are their words joined by spaces)."""
-    import xxhash
+    import xxhash  # [data] extra; the config and CLI import this module without it
 
     if isinstance(shingle, bytes):
         shingle = shingle.decode("utf-8", "surrogatepass")
@@ -93,7 +93,7 @@ class MinHasher:
         check(0 <= seed < 2**32, "seed", seed, "an integer in [0, 2**32)")
         check(ngram >= 1, "ngram", ngram, "a positive integer")
         check(mode in MODES, "mode", mode, f"one of {MODES}")
-        from datasketch import MinHash
+        from datasketch import MinHash  # [data] extra (pulls scipy); only for the permutations
 
         self.num_perm, self.seed, self.ngram, self.mode = num_perm, seed, ngram, mode
         a, b = MinHash(num_perm=num_perm, seed=seed, scheme=SCHEME).permutations
@@ -130,7 +130,7 @@ class MinHasher:
 
     def _token_hashes(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         if self.mode == "word":
-            import xxhash
+            import xxhash  # [data] extra, see shingle_hash32
 
             words = [words_utf8(t) for t in texts]
             counts = np.fromiter(map(len, words), np.int64, len(words))

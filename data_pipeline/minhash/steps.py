@@ -27,6 +27,9 @@ import pyarrow.parquet as pq
 
 from data_pipeline.document import Reject
 from data_pipeline.minhash.components import partition_of
+from data_pipeline.minhash.lsh import band_keys
+from data_pipeline.minhash.signatures import EMPTY_VALUE, MinHasher
+from data_pipeline.tasks import RejectTally, filter_unit
 from pretrain.core.done import output_sizes
 from pretrain.core.files import write_json
 from pretrain.core.shards import write_table
@@ -69,9 +72,6 @@ def _quality_score(meta_json: str, field: str) -> float:
 def signature_shard(
     shard_path: str, shard_index: int, cfg, bands: int, rows: int, out_dir: str, fingerprint: Any
 ) -> dict:
-    from data_pipeline.minhash.lsh import band_keys
-    from data_pipeline.minhash.signatures import EMPTY_VALUE, MinHasher
-
     t0 = time.perf_counter()
     out = Path(out_dir)
     work = out / "_work" / "minhash"
@@ -300,8 +300,6 @@ def finalize_shard(
     out_dir: str,
     fingerprint: Any,
 ) -> dict:
-    from data_pipeline.tasks import RejectTally, filter_unit
-
     t0 = time.perf_counter()
     out = Path(out_dir)
     work = out / "_work" / "minhash"

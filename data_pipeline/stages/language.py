@@ -56,7 +56,7 @@ class LanguageFilter(Stage):
         self.cfg = cfg
         self.keep = set(cfg.languages)
         if cfg.backend == "py3langid":
-            from py3langid.langid import MODEL_FILE, LanguageIdentifier
+            from py3langid.langid import MODEL_FILE, LanguageIdentifier  # [data] extra, this backend only
 
             ident = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
             self._classify = ident.classify
@@ -64,7 +64,7 @@ class LanguageFilter(Stage):
             path = Path(cfg.model_path)
             if not path.is_file():
                 raise FileNotFoundError(f"language.model_path={cfg.model_path!r} does not exist")
-            import fasttext
+            import fasttext  # optional, only the fasttext backend needs it
 
             model = fasttext.load_model(str(path))
 

@@ -55,7 +55,7 @@ class Normalizer(Stage):
         self.cfg = cfg
         self._fix = None
         if cfg.fix_unicode:
-            import ftfy
+            import ftfy  # [data] extra, only with fix_unicode
 
             # ftfy's own normalisation is NFC; we apply the configured form afterwards.
             self._fix_cfg = ftfy.TextFixerConfig(normalization=None, max_decode_length=cfg.max_chars + 1)

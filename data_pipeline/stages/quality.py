@@ -41,7 +41,7 @@ def stage_reason(filter_name: str, reason: str | None) -> str:
 
 def filter_param_names(name: str) -> list[str]:
     """The keyword arguments of a filter's datatrove constructor that `params` may set."""
-    from datatrove.pipeline import filters
+    from datatrove.pipeline import filters  # heavy (~0.5 s); only quality needs datatrove
 
     sig = inspect.signature(getattr(filters, FILTERS[name][0]).__init__)
     return sorted(p for p in sig.parameters if p != "self" and p not in _SET_BY_STAGE)
@@ -72,7 +72,7 @@ class QualityConfig:
     """Language code of the word/sentence tokenizer all four filters use (one datatrove knows: en, de, fr...)."""
 
     def __post_init__(self) -> None:
-        from datatrove.utils.word_tokenizers import load_tokenizer_assignments
+        from datatrove.utils.word_tokenizers import load_tokenizer_assignments  # heavy, see above
 
         check(
             self.language in load_tokenizer_assignments(),
@@ -104,7 +104,7 @@ def memoising_tokenizer(language: str, num_cached_texts: int = 4) -> Any:
     results are datatrove's own, so decisions are identical to running the filters separately.
     `clear()` forgets everything (the stage calls it after each document).
     """
-    from datatrove.utils.word_tokenizers import WordTokenizer, load_word_tokenizer
+    from datatrove.utils.word_tokenizers import WordTokenizer, load_word_tokenizer  # heavy, see above
 
     class MemoisingTokenizer(WordTokenizer):
         def __init__(self, inner: WordTokenizer):
@@ -145,6 +145,7 @@ class QualityFilter(Stage):
     name = "quality"
 
     def __init__(self, cfg: QualityConfig):
+        # datatrove is heavy (~0.5 s with spacy): loaded when the stage is built, not on import.
         from datatrove.data import Document
         from datatrove.pipeline import filters
         from datatrove.pipeline.filters.base_filter import get_filter_result

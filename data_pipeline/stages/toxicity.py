@@ -166,14 +166,14 @@ def _load_classifier(cfg: ToxicityConfig) -> Callable[[list[str]], Sequence[floa
         return None
     if cfg.classifier == "profanity_check":
         try:
-            from profanity_check import predict_prob
+            from profanity_check import predict_prob  # heavy (scikit-learn); only this classifier
         except ImportError as e:
             raise ImportError("toxicity.classifier=profanity_check needs `pip install -e '.[data]'`") from e
         return predict_prob
     path = Path(cfg.classifier_path)
     if not path.is_file():
         raise FileNotFoundError(f"toxicity.classifier_path={cfg.classifier_path!r} does not exist")
-    import joblib
+    import joblib  # scikit-learn's loader; only for a classifier_path model
 
     model = joblib.load(path)
     if not hasattr(model, "predict_proba"):

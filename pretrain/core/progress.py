@@ -9,6 +9,9 @@ from __future__ import annotations
 import sys
 import time
 
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
+
 
 class Progress:
     def __init__(self, enabled: bool = True, min_interval_s: float = 5.0):
@@ -29,9 +32,6 @@ class Progress:
         if not self.enabled:
             return
         if self.live:
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-            from rich.progress import Progress as RichProgress
-
             self._rich = RichProgress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),

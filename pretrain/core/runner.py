@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pretrain.core.config import check
@@ -41,6 +42,18 @@ class RayConfig:
         check(self.max_retries >= 0, "ray.max_retries", self.max_retries, ">= 0")
 
 
+def maybe_crash(unit_name: str, num_rows_done: int) -> None:
+    """Fault injection for tests of resume (read by every task runner user): DATA_PIPELINE_CRASH=<unit stem>:<after rows>:<marker file>
+    kills this worker process once, mid-shard, like an OOM kill or a lost node would."""
+    spec = os.environ.get("DATA_PIPELINE_CRASH")
+    if not spec:
+        return
+    name, after, marker = spec.split(":", 2)
+    if name == unit_name and num_rows_done >= int(after) and not os.path.exists(marker):
+        Path(marker).write_text("crashed once\n")
+        os._exit(137)
+
+
 def ensure_ray(ray_cfg: RayConfig) -> None:
     """Join the configured cluster, $RAY_ADDRESS, or start a local Ray bound to 127.0.0.1."""
     address = ray_cfg.address or os.environ.get("RAY_ADDRESS")
@@ -48,6 +61,9 @@ def ensure_ray(ray_cfg: RayConfig) -> None:
         # Local Ray stays on loopback (Ray otherwise advertises the external interface). Ray reads
         # this when it is first imported, so it is set before the import.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # Token authentication on, said explicitly: Ray then skips its "token authentication is
+        # enabled" console notice (noise for a user of a local run), and the cluster stays guarded.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray  # heavy, and only the data stages need it
 
     if ray.is_initialized():

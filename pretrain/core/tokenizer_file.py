@@ -34,7 +34,7 @@ def _byte_decoder() -> dict[str, int]:
 _BYTE_DECODER = _byte_decoder()
 
 
-def _import_tokenizers():
+def import_tokenizers():
     try:
         import tokenizers  # heavy optional library (the tokenizer extra)
     except ImportError as e:  # pragma: no cover - depends on the install
@@ -111,7 +111,7 @@ class BPETokenizer:
 
 def load_tokenizer(tok_dir: str | Path) -> BPETokenizer:
     """Load DIR/tokenizer.json; a missing or unreadable file is an error naming it."""
-    tk = _import_tokenizers()
+    tk = import_tokenizers()
     path = Path(tok_dir) / "tokenizer.json"
     if not path.exists():
         raise FileNotFoundError(
