@@ -16,6 +16,8 @@ if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
   # 'html_clean'" for jusText's lxml[html_clean], a notice that says nothing to a user.
   quiet .venv/bin/python -m pip install -q --upgrade "pip>=24"
   .venv/bin/python -c "import torch" 2>/dev/null || quiet .venv/bin/pip install -q "${TORCH_SPEC:-torch==2.13.0}"
-  quiet .venv/bin/pip install -q -e ".[all]"
+  # PYTHONWARNINGS: setuptools prints a boxed "be careful with folders named like your package"
+  # warning on every editable build; it says nothing to a user of this repo.
+  PYTHONWARNINGS=ignore quiet .venv/bin/pip install -q -e ".[all]"
   echo "$WANT" > "$STAMP"
 fi
