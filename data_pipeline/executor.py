@@ -26,7 +26,7 @@ from pretrain.core.done import load_done
 from pretrain.core.files import write_json
 from pretrain.core.hashing import file_fingerprint
 from pretrain.core.progress import Progress
-from pretrain.core.runner import PipelineError, raise_errors, run_tasks  # noqa: F401 (PipelineError re-exported)
+from pretrain.core.runner import raise_errors, run_tasks
 from pretrain.core.shards import write_manifest
 
 log = logging.getLogger(__name__)
