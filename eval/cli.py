@@ -5,6 +5,7 @@
     pretrain eval export --checkpoint runs/x/checkpoints/step_000400 --out runs/x/hf
     pretrain eval report --run-dir runs/x
     pretrain eval make-tasks --heldout runs/data/heldout --out runs/tasks
+    pretrain eval lm-eval --model pretrain --model_args checkpoint=DIR --include_path T --tasks t
 
 run/watch take an EvalConfig (--config YAML and dotted overrides, e.g. batch_size=8); --heldout,
 --tasks and --tokenizer are shortcuts for its fields; --dry-run prints the resolved EvalConfig and
@@ -24,14 +25,14 @@ from eval.export import ExportError, export_checkpoint
 from eval.heldout import read_heldout
 from eval.report import write_report
 from eval.results import RESULTS
-from eval.score import score_checkpoint
-from eval.tasks import make_tasks
+from eval.score import harness, score_checkpoint
+from eval.tasks import TaskConfigError, make_tasks
 from eval.watch import watch
 from pretrain.core.cli import add_config_args, dispatch
 from pretrain.core.config import dump_yaml, load_config
 
 # A bad checkpoint, path or export request: one line on stderr and exit 1, not a traceback.
-USER_ERRORS = (CheckpointError, ExportError, FileNotFoundError, FileExistsError)
+USER_ERRORS = (CheckpointError, ExportError, TaskConfigError, FileNotFoundError, FileExistsError)
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
@@ -78,7 +79,16 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output directory (default: beside results.jsonl)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("make-tasks", help="the default multiple-choice tasks from held-out documents")
+    p = sub.add_parser(
+        "lm-eval",
+        help="lm-evaluation-harness's command line with our checkpoints as --model pretrain",
+        add_help=False,  # --help goes to lm-eval
+        prefix_chars="+",  # so `--model ...` reaches lm-eval as arguments, not as options of ours
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER, help="lm_eval's arguments")
+    p.set_defaults(func=cmd_lm_eval)
+
+    p = sub.add_parser("make-tasks", help="the default task set from held-out documents")
     p.add_argument(
         "--heldout", required=True, help="held-out documents: document-shard dir, .parquet or .jsonl"
     )
@@ -178,6 +188,14 @@ def cmd_make_tasks(args: argparse.Namespace) -> int:
         return 0
 
     return _guarded(run, args)
+
+
+def cmd_lm_eval(args: argparse.Namespace) -> int:
+    if harness is None:
+        print("error: lm-eval is not installed: pip install -e '.[eval]'", file=sys.stderr)
+        return 1
+    harness.main(args.args)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,12 +37,14 @@ class EvalConfig:
     max_docs_per_source: int = 200
     """Score at most this many held-out documents per source (the first ones, in file order)."""
     tasks: str | None = "auto"
-    """Multiple-choice task directory (see eval/README.md for the format); "auto": make the default
+    """Task directory: lm-eval task YAMLs with local data files (run through lm-eval's own task
+    machinery), or bare multiple-choice directories (see eval/README.md); "auto": make the default
     task set from the held-out documents once, under OUT/tasks; null: no tasks."""
     task_seed: int = 0
     """Seed of the auto task set (which sentences, distractors and answer positions)."""
     num_fewshot: int = 1
-    """Few-shot examples per prompt in the auto tasks (written to their YAML; other tasks say their own)."""
+    """Few-shot examples per prompt in the auto tasks (written to their YAML). Other tasks say their
+    own; a YAML without num_fewshot runs 0-shot, lm-eval's default."""
     fewshot_seed: int = 1234
     """Seed of the few-shot draws; 1234 is lm-eval's default `fewshot_random_seed`."""
     batch_size: int = 16

@@ -33,10 +33,24 @@ from eval.heldout import HELDOUT_METRICS, read_heldout, score_heldout
 from eval.lm import LMScorer
 from eval.report import write_report
 from eval.results import GENERATIONS, RESULTS, read_rows, replace_rows, scored_checkpoints
-from eval.tasks import MC_METRICS, load_tasks, make_tasks, score_task
+from eval.tasks import (
+    GENERATION_TAG,
+    HELDOUT_LM_TAG,
+    MC_METRICS,
+    load_tasks,
+    make_tasks,
+    score_task,
+)
 from pretrain.core.devices import resolve_device
 from pretrain.core.files import read_json, write_json
 from pretrain.core.hashing import json_digest
+
+try:  # lm-eval (the eval extra) runs task YAMLs as lm-eval reads them; without it, our own MC loader
+    from eval import harness
+except ModuleNotFoundError as e:  # only a missing lm-eval is optional; any other import error is a bug
+    if not (e.name or "").startswith("lm_eval"):
+        raise
+    harness = None
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +81,27 @@ def ensure_tasks(cfg: EvalConfig, docs: list[dict[str, str]] | None, out_dir: Pa
     made = make_tasks(docs, tasks_dir, seed=cfg.task_seed, num_fewshot=cfg.num_fewshot)
     write_json(stamp, {"fingerprint": fingerprint, "tasks": sorted(made), "seed": cfg.task_seed})
     return tasks_dir
+
+
+def score_tasks(
+    lm: LMScorer, task_root: Path, skip_tags: set[str], cfg: EvalConfig
+) -> dict[str, dict[str, Any]]:
+    """{task: {"metrics", "num_docs", "num_fewshot"}} for every task under task_root not tagged with
+    one of skip_tags: through lm-eval's task machinery when lm-eval is installed, else our own
+    multiple-choice loader (lm-eval's defaults; the auto generation task is skipped with a notice)."""
+    if harness is not None:
+        return harness.evaluate_tasks(
+            harness.PretrainLM(scorer=lm), task_root, None, cfg.fewshot_seed, skip_tags
+        )
+    if cfg.tasks == "auto":
+        log.warning("lm-eval is not installed: the generation task is skipped (pip install -e '.[eval]')")
+        skip_tags = skip_tags | {GENERATION_TAG}
+    out = {}
+    for task in load_tasks(task_root, 0, skip_tags):
+        m = score_task(lm, task, cfg.fewshot_seed)
+        out[task.name] = {"metrics": {k: m[k] for k in MC_METRICS}, "num_docs": m["num_docs"],
+                          "num_fewshot": task.num_fewshot}  # fmt: skip
+    return out
 
 
 def score_checkpoint(
@@ -111,12 +146,12 @@ def score_checkpoint(
                      "num_docs": m["num_docs"], "time": stamp}
                 )  # fmt: skip
     task_root = ensure_tasks(cfg, docs, out)
-    for task in load_tasks(task_root, cfg.num_fewshot) if task_root else []:
-        m = score_task(lm, task, cfg.fewshot_seed)
-        for metric in MC_METRICS:
+    skip = {HELDOUT_LM_TAG} if docs else set()  # the held-out scoring above covered those documents
+    for task, r in (score_tasks(lm, task_root, skip, cfg) if task_root else {}).items():
+        for metric, value in r["metrics"].items():
             rows.append(
-                {**base, "task": task.name, "metric": metric, "value": m[metric], "num_docs": m["num_docs"],
-                 "num_fewshot": task.num_fewshot, "time": stamp}
+                {**base, "task": task, "metric": metric, "value": value, "num_docs": r["num_docs"],
+                 "num_fewshot": r["num_fewshot"], "time": stamp}
             )  # fmt: skip
     if cfg.prompts and cfg.max_new_tokens > 0:
         gens = generate_samples(

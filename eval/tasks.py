@@ -1,6 +1,12 @@
 """Multiple-choice tasks from local JSONL, scored like lm-evaluation-harness; a default task set made
 from held-out documents; the lm-eval task YAMLs that run the same files offline.
 
+Where lm-eval is installed (the eval extra), `pretrain eval` runs task YAMLs through lm-eval's own
+task machinery (eval/harness.py); the loader here is what runs without it: multiple-choice YAMLs
+whose doc_to_* are bare field names, and bare task directories, with lm-eval's defaults
+(num_fewshot 0). Anything else (Jinja templates, other output types, process_docs...) is refused
+with TaskConfigError naming the file and the key.
+
     make_tasks(docs, "runs/x/eval/tasks", seed=0)       # heldout_next_sentence, heldout_cloze, heldout_lm_*
     tasks = load_tasks("runs/x/eval/tasks")            # the multiple-choice ones
     score_task(lm, tasks[0], seed=1234)                # {"acc": .., "acc_norm": .., "acc_bytes": .., "num_docs": n}
@@ -35,9 +41,19 @@ from pretrain.core.jsonl import read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 MC_METRICS = ("acc", "acc_norm", "acc_bytes")
+HELDOUT_LM_TAG = "heldout_lm"  # rolling-LL tasks over the held-out docs, which --heldout already scores
+GENERATION_TAG = "heldout_generate"  # the auto generation task (runs through lm-eval only)
 LM_EVAL_SEED = 1234  # lm_eval.defaults.DEFAULT_OTHER_SEED, its default fewshot_random_seed
-# YAML keys that change the prompt in ways this runner does not reproduce.
-_UNSUPPORTED = ("description", "process_docs", "doc_to_decontamination_query", "use_prompt", "gen_prefix")
+# YAML keys that change the prompt in ways this runner does not reproduce (lm-eval's runner does).
+_UNSUPPORTED = (
+    "description", "process_docs", "doc_to_decontamination_query", "use_prompt", "gen_prefix",
+    "filter_list", "fewshot_config", "process_results", "custom_dataset", "doc_to_image", "doc_to_audio",
+)  # fmt: skip
+NEEDS_LM_EVAL = "install lm-eval (pip install -e '.[eval]') to run it through lm-eval's task machinery"
+
+
+class TaskConfigError(ValueError):
+    """A task YAML that cannot run here; the message names the file and the key."""
 
 
 @dataclass
@@ -81,11 +97,21 @@ def load_task(task_dir: str | Path, default_num_fewshot: int = 0) -> MCTask:
     yamls = sorted(task_dir.glob("*.yaml"))
     conf: dict[str, Any] = yaml.safe_load(yamls[0].read_text()) if yamls else {}
     where = yamls[0] if yamls else task_dir
-    if conf.get("output_type", "multiple_choice") != "multiple_choice":
-        raise ValueError(f"{where}: output_type {conf.get('output_type')!r} is not multiple_choice")
+    if conf and conf.get("output_type") != "multiple_choice":  # lm-eval's default is generate_until
+        raise TaskConfigError(
+            f"{where}: key output_type={conf.get('output_type', 'generate_until (lm-eval default)')!r}: "
+            f"only multiple_choice runs without lm-eval; {NEEDS_LM_EVAL}"
+        )
     bad = [k for k in _UNSUPPORTED if conf.get(k)]
     if bad:
-        raise ValueError(f"{where}: keys {bad} are not supported by `pretrain eval` (prompts would differ)")
+        raise TaskConfigError(f"{where}: key(s) {bad} need lm-eval's task machinery; {NEEDS_LM_EVAL}")
+    for key in ("doc_to_text", "doc_to_choice", "doc_to_target"):
+        value = conf.get(key)
+        if value is not None and not (isinstance(value, str) and re.fullmatch(r"\w+", value)):
+            raise TaskConfigError(
+                f"{where}: key {key}={value!r} is a template or expression, and only bare field names run "
+                f"without lm-eval; {NEEDS_LM_EVAL}"
+            )
     data_files = (conf.get("dataset_kwargs") or {}).get("data_files") or {}
 
     def split_path(split: str) -> Path:
@@ -128,16 +154,24 @@ def load_task(task_dir: str | Path, default_num_fewshot: int = 0) -> MCTask:
     return task
 
 
-def load_tasks(tasks_dir: str | Path, default_num_fewshot: int = 0) -> list[MCTask]:
-    """Every multiple-choice task directory under tasks_dir (rolling-LL task dirs are skipped)."""
+def load_tasks(
+    tasks_dir: str | Path, default_num_fewshot: int = 0, skip_tags: set[str] = frozenset()
+) -> list[MCTask]:
+    """Every task directory under tasks_dir (a YAML or a test.jsonl), except those tagged with one of
+    skip_tags; a task this loader cannot run is a TaskConfigError (see load_task)."""
     out = []
     for d in sorted(p for p in Path(tasks_dir).iterdir() if p.is_dir()):
         yamls = sorted(d.glob("*.yaml"))
-        if yamls and (yaml.safe_load(yamls[0].read_text()) or {}).get("output_type") != "multiple_choice":
+        if yamls and skip_tags & task_tags(yaml.safe_load(yamls[0].read_text()) or {}):
             continue
         if yamls or (d / "test.jsonl").exists():
             out.append(load_task(d, default_num_fewshot))
     return out
+
+
+def task_tags(conf: dict[str, Any]) -> set[str]:
+    tag = conf.get("tag") or []
+    return {tag} if isinstance(tag, str) else set(tag)
 
 
 def fewshot_sampler(task: MCTask, seed: int):
@@ -295,7 +329,51 @@ def rolling_task_yaml(name: str, task_dir: Path) -> dict[str, Any]:
         "test_split": "test",
         "doc_to_text": "",
         "doc_to_target": "text",
-        "metric_list": [{"metric": m} for m in ("word_perplexity", "byte_perplexity", "bits_per_byte")],
+        "tag": [HELDOUT_LM_TAG],
+        "metric_list": [
+            {"metric": m, "aggregation": agg, "higher_is_better": False}
+            for m, agg in (
+                ("word_perplexity", "weighted_perplexity"),
+                ("byte_perplexity", "weighted_perplexity"),
+                ("bits_per_byte", "bits_per_byte"),
+            )
+        ],  # fmt: skip
+        "metadata": {"version": 1.0},
+    }
+
+
+def generation_task_yaml(name: str, task_dir: Path, num_fewshot: int) -> dict[str, Any]:
+    """lm-eval generate_until task: complete the context with one word. Greedy, at most 8 new tokens,
+    stopping at a newline or sentence punctuation; a regex filter takes the first word generated and
+    exact_match compares it with `answer` ignoring case."""
+    return {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {
+            "data_files": {s: str((task_dir / f"{s}.jsonl").resolve()) for s in ("test", "train")}
+        },
+        "output_type": "generate_until",
+        "tag": [GENERATION_TAG],
+        "test_split": "test",
+        "fewshot_split": "train",
+        "num_fewshot": num_fewshot,
+        "doc_to_text": "{{context}}",
+        "doc_to_target": "{{answer}}",
+        "target_delimiter": " ",
+        "fewshot_delimiter": "\n\n",
+        "generation_kwargs": {"until": ["\n", ".", "!", "?"], "max_gen_toks": 8, "do_sample": False},
+        "filter_list": [
+            {
+                "name": "first_word",
+                "filter": [
+                    {"function": "regex", "regex_pattern": r"([A-Za-z][A-Za-z'-]*)", "group_select": 0},
+                    {"function": "take_first"},
+                ],
+            }
+        ],
+        "metric_list": [
+            {"metric": "exact_match", "aggregation": "mean", "higher_is_better": True, "ignore_case": True}
+        ],
         "metadata": {"version": 1.0},
     }
 
@@ -335,8 +413,9 @@ def make_tasks(
     """The default task set from held-out documents (deterministic in docs + seed):
 
     heldout_next_sentence and heldout_cloze (multiple choice; min(pool_size, a quarter) of the
-    examples set aside as the few-shot pool), and heldout_lm_<source> (rolling log-likelihood over
-    the documents themselves, for lm-eval's bits_per_byte). Returns task name -> directory. A task
+    examples set aside as the few-shot pool), heldout_complete (generate_until: the cloze word written
+    by the model, regex filter + exact_match; needs lm-eval to run), and heldout_lm_<source> (rolling
+    log-likelihood over the documents themselves, tagged heldout_lm, for lm-eval's bits_per_byte). Returns task name -> directory. A task
     with too few examples for its few-shot pool and two test documents is left out (logged).
     """
     out = Path(out_dir)
@@ -359,6 +438,16 @@ def make_tasks(
             continue
         pool, test = examples[:k], examples[k : k + max_examples]
         made[name] = write_mc_task(out, name, test, pool, num_fewshot)
+    # A generation task from the cloze examples: the model writes the missing last word itself.
+    completions = [{"context": e["context"], "answer": e["choices"][e["gold"]], "source": e["source"]}
+                   for e in _cloze_examples(heldout_docs, random.Random(seed + 1))]  # fmt: skip
+    k = min(pool_size, len(completions) // 4)
+    if k >= max(1, num_fewshot) and len(completions) - k >= 2:
+        name, task_dir = "heldout_complete", out / "heldout_complete"
+        write_jsonl(task_dir / "train.jsonl", completions[:k])
+        write_jsonl(task_dir / "test.jsonl", completions[k : k + max_examples])
+        write_yaml(task_dir / f"{name}.yaml", generation_task_yaml(name, task_dir, num_fewshot))
+        made[name] = task_dir
     by_source: dict[str, list[dict[str, str]]] = {}
     for d in heldout_docs:
         by_source.setdefault(d["source"], []).append({"text": d["text"], "source": d["source"]})

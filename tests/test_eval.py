@@ -213,10 +213,12 @@ def test_score_checkpoint_writes_rows_once_and_force_rescores(run, tmp_path):
         "heldout/all",
         "heldout_next_sentence",
         "heldout_cloze",
+        "heldout_complete",  # generate_until + regex filter (the rolling heldout_lm_* tasks are skipped)
         "eval",
     }
     per = {(r["task"], r["metric"]): r["value"] for r in rows}
-    assert len(per) == len(rows) == 3 * 5 + 2 * 3 + 1  # one row per (task, metric)
+    assert len(per) == len(rows) == 3 * 5 + 2 * 3 + 1 + 1  # one row per (task, metric)
+    assert 0 <= per[("heldout_complete", "exact_match,first_word")] <= 1
     assert all(
         0 <= per[(t, m)] <= 1 for t in ("heldout_cloze", "heldout_next_sentence") for m in ("acc", "acc_norm")
     )
@@ -408,16 +410,23 @@ def test_export_untied_model_and_refuse_qk_norm(run, tmp_path):
 
 def test_make_tasks_is_deterministic_and_well_formed(run, tmp_path):
     from eval.heldout import read_heldout
-    from eval.tasks import load_tasks, make_tasks
+    from eval.tasks import GENERATION_TAG, HELDOUT_LM_TAG, load_tasks, make_tasks
 
     docs = read_heldout(run["heldout_jsonl"])
     a = make_tasks(docs, tmp_path / "a", seed=3)
     b = make_tasks(docs, tmp_path / "b", seed=3)
-    assert sorted(a) == ["heldout_cloze", "heldout_lm_code", "heldout_lm_pydoc", "heldout_next_sentence"]
+    assert sorted(a) == [
+        "heldout_cloze", "heldout_complete", "heldout_lm_code", "heldout_lm_pydoc", "heldout_next_sentence"
+    ]  # fmt: skip
     for name in a:
         assert (a[name] / "test.jsonl").read_text() == (b[name] / "test.jsonl").read_text()
-    tasks = {t.name: t for t in load_tasks(tmp_path / "a")}
-    assert sorted(tasks) == ["heldout_cloze", "heldout_next_sentence"]  # rolling-LL dirs are lm-eval's
+    # Our own loader (what runs without lm-eval) takes the multiple-choice ones.
+    tasks = {t.name: t for t in load_tasks(tmp_path / "a", skip_tags={HELDOUT_LM_TAG, GENERATION_TAG})}
+    assert sorted(tasks) == ["heldout_cloze", "heldout_next_sentence"]
+    completions = [json.loads(x) for x in (a["heldout_complete"] / "test.jsonl").read_text().splitlines()]
+    assert len(completions) >= 20 and all(
+        any(d["context"] + " " + d["answer"] in " ".join(t["text"].split()) for t in docs) for d in completions
+    )
     flat = {" ".join(d["text"].split()) for d in docs}
     for task in tasks.values():
         assert len(task.fewshot_docs) == 16 and task.num_fewshot == 1 and len(task.docs) >= 20
@@ -431,7 +440,7 @@ def test_make_tasks_is_deterministic_and_well_formed(run, tmp_path):
     bare = tmp_path / "a" / "bare"
     bare.mkdir()
     shutil.copy(a["heldout_cloze"] / "test.jsonl", bare / "test.jsonl")
-    task = {t.name: t for t in load_tasks(tmp_path / "a", default_num_fewshot=2)}["bare"]
+    task = {t.name: t for t in load_tasks(tmp_path / "a", 2, {HELDOUT_LM_TAG, GENERATION_TAG})}["bare"]
     assert task.num_fewshot == 2 and task.exclude_eval_doc and task.fewshot_docs is task.docs
 
 

@@ -99,8 +99,10 @@ class BPETokenizer:
             return token.encode("utf-8")
         return bytes(_BYTE_DECODER[c] for c in token)
 
-    def decode(self, ids: Iterable[int]) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=False)
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        """Text of ids; skip_special_tokens drops BOS/EOS/PAD/reserved ids (what HF decoding of a
+        generation does)."""
+        return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def split(self, text: str) -> Iterator[tuple[int, str, tuple[int, int]]]:
         """(id, token text, char offsets) for each token, for `tokenizer inspect`."""
