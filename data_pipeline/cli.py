@@ -3,6 +3,7 @@
 pretrain data generate-corpus --out runs/corpus
 pretrain data run --config configs/data_tiny.yaml [key.sub=value ...] [--dry-run] [--restart]
 pretrain data quality --input runs/data --output runs/quality   # one stage over document shards
+pretrain data make-pii-set --out pii.jsonl && pretrain data score-pii --input pii.jsonl
 ray job submit --working-dir . -- python -m data_pipeline run --config configs/data_tiny.yaml
 """
 
@@ -19,9 +20,11 @@ from data_pipeline.executor import run_pipeline
 from data_pipeline.groundtruth import print_score, score_run
 from data_pipeline.minhash.dedup import load_minhash_config, run_minhash_dedup
 from data_pipeline.minhash.lsh import format_s_curve
+from data_pipeline.pii_eval import DEFAULT_PII_LOCALES, format_table, make_pii_set, score_pii
 from data_pipeline.readers import discover_inputs
 from pretrain.core.cli import add_config_args, dispatch
 from pretrain.core.config import dump_yaml
+from pretrain.core.jsonl import read_jsonl, write_jsonl
 from pretrain.core.runner import PipelineError
 
 STAGE_COMMANDS = {s.replace("_", "-"): s for s in ALL_STAGES}
@@ -59,6 +62,24 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, help="the run's output_dir")
     p.add_argument("--json", action="store_true", help="print the full score as JSON")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser(
+        "make-pii-set", help="text with PII written by Faker in several locales, planted truth"
+    )
+    p.add_argument("--out", required=True, help="JSONL file to write")
+    p.add_argument("--locales", default=",".join(DEFAULT_PII_LOCALES), help="comma-separated Faker locales")
+    p.add_argument("--per-type", type=int, default=200, help="planted values per type and locale")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_pii_set)
+
+    p = sub.add_parser(
+        "score-pii", help="PII recall per type and look-alikes kept, on a JSONL with planted truth"
+    )
+    p.add_argument(
+        "--input", required=True, help="JSONL: text, language, planted [{type, value}], lookalikes"
+    )
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.set_defaults(func=cmd_score_pii)
 
     for cmd, stage in STAGE_COMMANDS.items():
         p = sub.add_parser(cmd, help=f"run only the {stage} stage (input: raw files or a stage directory)")
@@ -137,6 +158,19 @@ def cmd_score(args: argparse.Namespace) -> int:
     else:
         print_score(score)
     return 0 if score["num_met"] == score["num_docs"] else 1
+
+
+def cmd_make_pii_set(args: argparse.Namespace) -> int:
+    rows = make_pii_set([x for x in args.locales.split(",") if x], args.per_type, args.seed)
+    write_jsonl(args.out, rows)
+    print(f"wrote {len(rows)} rows to {args.out}")
+    return 0
+
+
+def cmd_score_pii(args: argparse.Namespace) -> int:
+    table = score_pii(read_jsonl(args.input))
+    print(json.dumps(table, indent=2) if args.json else format_table(table))
+    return 0
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m data_pipeline") -> int:

@@ -78,6 +78,15 @@ POSITIVES: dict[str, list[str | tuple[str, str]]] = {
         "+91 98765 43210",
         "+4915112345678",
         ("tel:+15551234567", "tel:<PHONE>"),
+        # libphonenumber reads these as possible numbers of the likely regions (US, FR, DE, JP, GB).
+        "555 123 4567",
+        "01 42 68 53 00",
+        "01.42.68.53.00",
+        "030 901820",
+        "090-3190-9458",
+        "07 6086 6760",
+        ("(555) 123-4567 x5917", "<PHONE>"),
+        ("+1-555-123-4567 ext. 6021", "<PHONE>"),
     ],
     "credit_card": [
         "4111111111111111",
@@ -201,7 +210,6 @@ HARD_NEGATIVES = [
     "order no. 2023011512345",
     "timestamp 1673827200000",
     "100 200 300 4000",
-    "555 123 4567",
     "call 911 now, ext. 4567, room 101",
     "The years 1999-2003 and 2010-2020",
     "123e4567-e89b-12d3-a456-426614174000",

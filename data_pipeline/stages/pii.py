@@ -1,13 +1,18 @@
 """Scrub personal data and secrets: replace each find with a typed placeholder and count it.
 
 Types: email, ip_address, phone, credit_card, iban, ssn, secret -> `<EMAIL>`, `<IP_ADDRESS>`, ...
-Every candidate a regex finds is checked before it is replaced (ipaddress, Luhn + card prefixes,
-IBAN mod-97 + country length, SSN ranges, entropy of secret values), so version numbers, dates,
-ISBNs, prices and documentation IPs stay as they are. Counts go to `doc.metadata["pii"]`
-(non-zero types only); a document is never rejected.
+Every candidate a regex finds is checked before it is replaced (ipaddress; every major card
+brand's IIN ranges and lengths + Luhn; IBANs by python-stdnum: registry format + mod-97; SSN
+ranges; entropy of secret values; phones by libphonenumber for the regions of the document's
+language, see pii_phones.py), so version numbers, dates, ISBNs, prices and documentation or
+private IPs stay as they are. IPv6 is read in every form (full, compressed, IPv4-suffixed, with a
+zone index); with ip_public_only, only documentation, private, loopback, link-local, multicast,
+unspecified and site-local addresses stay. Counts go to `doc.metadata["pii"]` (non-zero types
+only); a document is never rejected.
 
     scrubber = PIIConfig().build()
     text, counts = scrubber.scrub("mail me: jane@example.com")  # ("mail me: <EMAIL>", {"email": 1})
+    scrubber.scrub("Ruf an: 030 1234567", language="de")      # ("Ruf an: <PHONE>", {"phone": 1})
 
 Speed: a regex that cannot start with a literal or a plain character class costs ~50 ns per
 character of the document, so each detector first finds cheap anchors ('@', runs of digits, "h:h",
@@ -25,7 +30,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from stdnum import iban, luhn
+
 from data_pipeline.document import Doc, Reject, Stage
+from data_pipeline.stages.pii_phones import find_phones, regions_for
 from pretrain.core.config import check
 
 # Priority order: when two finds overlap, the earlier type wins (a secret's value may hold digits
@@ -125,19 +133,24 @@ _DOC_NETS = tuple(
         "3fff::/20",
     )
 )
-_GLOBAL_UNICAST_V6 = ipaddress.ip_network("2000::/3")
+_SHARED_V4 = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT (RFC 6598)
+# RFC 4007 zone index after '%' ("fe80::1%eth0", "%25eth0" inside a URL).
+_V6_ZONE = re.compile(r"%[0-9A-Za-z_~-]+(?:\.[0-9A-Za-z_~-]+)*", _A)
 
 
 def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Not documentation, private, loopback, link-local, multicast, unspecified (or IPv4 reserved or
+    shared). IPv6 outside 2000::/3 counts as public too: any address a text holds may be a person's,
+    and an address generator's random one is one."""
     if any(ip.version == n.version and ip in n for n in _DOC_NETS):
         return False
-    if ip.version == 6:
-        if ip.ipv4_mapped is not None:
-            return _is_public(ip.ipv4_mapped)
-        # Nothing outside 2000::/3 is handed out, so "1::2" or a hex dump is not an address.
-        if ip not in _GLOBAL_UNICAST_V6:
-            return False
-    return ip.is_global
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return _is_public(ip.ipv4_mapped)
+    if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified:
+        return False
+    if ip.version == 4:
+        return not ip.is_reserved and ip not in _SHARED_V4
+    return not ip.is_site_local
 
 
 def _ipv4_span(m: re.Match) -> Span | None:
@@ -171,75 +184,56 @@ def _ipv6_candidates(text: str) -> Iterator[Span]:
         # "a::b" in C++, "1::2" in a slice, "00:1a:2b:..." hex dumps are not addresses.
         if len(groups) < 2 or sum(map(len, groups)) < 4 or max(map(len, groups)) < 3:
             continue
-        if any(c.isdigit() for c in cand):
-            yield s, e
-
-
-# --- phone ---------------------------------------------------------------------------------------
-_PHONE = re.compile(
-    # North American: (555) 123-4567, 555-123-4567, 555.123.4567, +1 555 123 4567, 1-800-555-1234.
-    # Bare "555 123 4567" is left alone: without a +1 or parentheses it is as likely a list of numbers.
-    r"(?:(?:\+?1[ .-]?)?\([2-9][0-9]{2}\)[ .-]?[0-9]{3}[ .-][0-9]{4}"
-    r"|(?:\+?1[ .-]?)?[2-9][0-9]{2}(?P<sep>[.-])[0-9]{3}(?P=sep)[0-9]{4}"
-    r"|\+?1(?P<sep1>[ .-])[2-9][0-9]{2}(?P=sep1)[0-9]{3}(?P=sep1)[0-9]{4}"
-    # International, E.164-like: + country code, then separated groups or one run of digits.
-    r"|(?P<intl>\+[1-9][0-9]{0,2}(?:[ .-]?\([0-9]{1,4}\)[ .-]?[0-9]{1,8}|[ .-][0-9]{1,8}){1,7}|\+[1-9][0-9]{7,14}))"
-    rf"{_NUM_END}",
-    _A,
-)
-
-
-def _phone_span(m: re.Match) -> Span | None:
-    s, i = m.string, m.start()
-    # Besides the usual glue, "5 +10 20 30 40" is arithmetic, not a number to call.
-    if _glued_left(s, i) or (i >= 2 and s[i - 1] == " " and s[i - 2].isdigit()):
-        return None
-    if m["intl"] is not None:
-        num_digits = sum(c.isdigit() for c in m["intl"])
-        # E.164 allows at most 15 digits (+1 for a "(0)" trunk prefix); fewer than 8 is a sum or score.
-        if not 8 <= num_digits <= 16:
-            return None
-    return m.span()
+        if not any(c.isdigit() for c in cand):
+            continue
+        zone = _V6_ZONE.match(text, e) if e < n and text[e] == "%" else None
+        yield s, (zone.end() if zone else e)  # the zone index goes with the address
 
 
 # --- credit cards --------------------------------------------------------------------------------
 _CARD = re.compile(
-    r"[0-9](?:[0-9]{12,18}"
+    r"[0-9](?:[0-9]{11,18}"
     r"|[0-9]{3}(?P<s>[ -])[0-9]{4}(?P=s)[0-9]{4}(?P=s)[0-9]{1,4}(?P<tail>(?P=s)[0-9]{1,3})?"  # 4-4-4-4(-3)
     r"|[0-9]{3}(?P<t>[ -])[0-9]{6}(?P=t)[0-9]{4,5})" + _NUM_END,  # Amex 4-6-5, Diners 4-6-4
     _A,
 )
 
 
-def _luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
+# Issuer identification number (IIN) ranges and the lengths each brand issues, from the brands'
+# published ranges (as Wikipedia's "Payment card number" table collects them): (first, last, lengths).
+_IIN_RANGES: tuple[tuple[str, str, str, tuple[int, ...]], ...] = (
+    ("visa", "4", "4", (13, 16, 19)),
+    ("mastercard", "51", "55", (16,)),
+    ("mastercard", "2221", "2720", (16,)),
+    ("amex", "34", "34", (15,)),
+    ("amex", "37", "37", (15,)),
+    ("discover", "6011", "6011", (16, 17, 18, 19)),
+    ("discover", "644", "649", (16, 17, 18, 19)),
+    ("discover", "65", "65", (16, 17, 18, 19)),
+    ("jcb", "3528", "3589", (16, 17, 18, 19)),
+    ("jcb", "35", "35", (16,)),  # the whole 35 block at 16 digits: generators (Faker) use it
+    ("jcb", "2131", "2131", (15,)),
+    ("jcb", "1800", "1800", (15,)),
+    ("unionpay", "62", "62", (16, 17, 18, 19)),
+    ("diners", "300", "305", (14, 15, 16, 17, 18, 19)),
+    ("diners", "3095", "3095", (14, 15, 16, 17, 18, 19)),
+    ("diners", "36", "36", (14, 15, 16, 17, 18, 19)),
+    ("diners", "38", "39", (14, 16, 17, 18, 19)),
+    ("maestro", "50", "50", tuple(range(12, 20))),
+    ("maestro", "56", "69", tuple(range(12, 20))),
+    ("maestro", "0604", "0604", tuple(range(12, 20))),  # UK Maestro (ex-Switch/Solo)
+    ("mir", "2200", "2204", (16, 17, 18, 19)),
+)
 
 
 def _card_prefix_ok(d: str) -> bool:
-    """Known issuer prefixes (IIN) and the lengths that issuer uses."""
-    n, p2, p3, p4, p6 = len(d), int(d[:2]), int(d[:3]), int(d[:4]), int(d[:6])
-    if d[0] == "4":  # Visa
-        return n in (13, 16, 19)
-    if 51 <= p2 <= 55 or 2221 <= p4 <= 2720:  # Mastercard
-        return n == 16
-    if p2 in (34, 37):  # Amex
-        return n == 15
-    if p4 == 6011 or p2 == 65 or 644 <= p3 <= 649 or 622126 <= p6 <= 622925 or 3528 <= p4 <= 3589 or p2 == 62:
-        return n >= 16  # Discover, JCB, UnionPay
-    if 300 <= p3 <= 305 or p2 in (36, 38, 39):  # Diners
-        return n >= 14
-    return p4 in (5018, 5020, 5038, 5893, 6304, 6759, 6761, 6762, 6763)  # Maestro
+    """The number starts with a known brand's IIN and has a length that brand issues."""
+    return any(first <= d[: len(first)] <= last and len(d) in lengths for _, first, last, lengths in _IIN_RANGES)
 
 
 def _is_card(text: str) -> bool:
     d = text.replace(" ", "").replace("-", "")
-    return 13 <= len(d) <= 19 and _card_prefix_ok(d) and _luhn_ok(d)
+    return 12 <= len(d) <= 19 and _card_prefix_ok(d) and luhn.is_valid(d)
 
 
 def _card_span(m: re.Match) -> Span | None:
@@ -255,36 +249,18 @@ def _card_span(m: re.Match) -> Span | None:
 
 # --- IBAN ----------------------------------------------------------------------------------------
 _IBAN = re.compile(r"[A-Z][A-Z][0-9][0-9](?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])", _A)
-# Total IBAN length per country (ISO 13616 registry).
-_IBAN_LENGTHS = {
-    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29,
-    "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20, "EG": 29,
-    "ES": 24, "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28,
-    "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20,
-    "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MD": 24, "ME": 22, "MK": 19,
-    "MR": 27, "MT": 31, "MU": 30, "NL": 18, "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29,
-    "RO": 24, "RS": 22, "SA": 24, "SC": 31, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "ST": 25, "SV": 28,
-    "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
-}  # fmt: skip
-
-
 def _iban_span(m: re.Match) -> Span | None:
+    """The longest prefix of the match, ending on a group boundary, that python-stdnum accepts as an
+    IBAN (registry country and length, BBAN format, mod-97): the match may run on into a following
+    all-caps word ("BE68 5390 0754 7034 FROM")."""
     s, start = m.string, m.start()
-    length = _IBAN_LENGTHS.get(s[start : start + 2])
-    if length is None or (start > 0 and s[start - 1].isalnum()):
+    if start > 0 and s[start - 1].isalnum():
         return None
-    # The match may run on into a following all-caps word ("BE68 5390 0754 7034 FROM"): cut it at
-    # the country's length, which must fall on the end or a space.
-    chars, end = [], start
-    while end < m.end() and len(chars) < length:
-        if s[end] != " ":
-            chars.append(s[end])
-        end += 1
-    if len(chars) != length or (end < m.end() and s[end] != " "):
-        return None
-    iban = "".join(chars)
-    number = int("".join(str(int(c, 36)) for c in iban[4:] + iban[:4]))
-    return (start, end) if number % 97 == 1 else None
+    ends = [m.end()] + [i for i in range(m.end() - 1, start, -1) if s[i] == " "]
+    for end in ends:
+        if iban.is_valid(s[start:end], check_country=False):  # no national bank-registry lookups
+            return start, end
+    return None
 
 
 # --- US social security numbers --------------------------------------------------------------
@@ -449,8 +425,9 @@ _NUMERIC_RULES: dict[str, tuple[re.Pattern, Callable[[re.Match], Span | None], i
     "iban": (_IBAN, _iban_span, 34),
     "credit_card": (_CARD, _card_span, 2),
     "ssn": (_SSN, _ssn_span, 2),
-    "phone": (_PHONE, _phone_span, 2),
 }
+# Where a phone number can be: digits with spaces, dots, dashes, slashes or brackets between them.
+_PHONE_RUN = re.compile(r"[0-9][0-9 ().+/-]{5,}[0-9]", _A)
 
 
 @dataclass
@@ -480,12 +457,13 @@ class PIIScrubber(Stage):
         self.types = [t for t in PII_TYPES if t in cfg.types]
 
     def process(self, doc: Doc) -> Doc | Reject:
-        doc.text, doc.metadata["pii"] = self.scrub(doc.text)
+        doc.text, doc.metadata["pii"] = self.scrub(doc.text, doc.metadata.get("language"))
         return doc
 
-    def scrub(self, text: str) -> tuple[str, dict[str, int]]:
-        """Return the text with placeholders and {type: count} for the types found (no zeros)."""
-        found = self.find(text)
+    def scrub(self, text: str, language: str | None = None) -> tuple[str, dict[str, int]]:
+        """Return the text with placeholders and {type: count} for the types found (no zeros).
+        language (the language stage's code) picks the regions phone numbers are read for."""
+        found = self.find(text, language)
         if not found:
             return text, {}
         pieces, pos = [], 0
@@ -495,13 +473,13 @@ class PIIScrubber(Stage):
         pieces.append(text[pos:])
         return "".join(pieces), dict(Counter(t for _, _, t in found))
 
-    def find(self, text: str) -> list[tuple[int, int, str]]:
+    def find(self, text: str, language: str | None = None) -> list[tuple[int, int, str]]:
         """Non-overlapping (start, end, type) finds, sorted by start; earlier types win overlaps."""
         starts: list[int] = []
         kept: list[tuple[int, int, str]] = []
         runs = [m.span() for m in _NUM_RUN.finditer(text)]
         for t in self.types:
-            for s, e in self._detect(t, text, runs):
+            for s, e in self._detect(t, text, runs, language):
                 i = bisect_right(starts, s)
                 if (i and kept[i - 1][1] > s) or (i < len(kept) and kept[i][0] < e):
                     continue  # overlaps a find of a higher-priority type
@@ -509,8 +487,14 @@ class PIIScrubber(Stage):
                 kept.insert(i, (s, e, t))
         return kept
 
-    def _detect(self, t: str, text: str, runs: list[Span]) -> Iterator[Span]:
-        if t == "secret":
+    def _detect(self, t: str, text: str, runs: list[Span], language: str | None) -> Iterator[Span]:
+        if t == "phone":
+            # '+' and '(' before the digits, an extension ("ext. 6021") after them.
+            windows = _merge([m.span() for m in _PHONE_RUN.finditer(text)], len(text), 2, 16)
+            regions = regions_for(language)
+            for lo, hi in windows:
+                yield from find_phones(text, regions, lo, hi)
+        elif t == "secret":
             yield from _find_secrets(text)
         elif t == "email":
             yield from _find_emails(text)
