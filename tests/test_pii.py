@@ -159,6 +159,20 @@ POSITIVES: dict[str, list[str | tuple[str, str]]] = {
         ("db_password: hX7#kP2$mQ9w", "db_password: <SECRET>"),
         ("client_secret='9fK2mQ7xL4pR8sT1'", "client_secret='<SECRET>'"),
         ("GITHUB_TOKEN := Qw3rTy8UiOp2AsDf", "GITHUB_TOKEN := <SECRET>"),
+        # Formats of detect-secrets' plugins (the patterns come from the scanner itself).
+        "glpat-Ab3dEf6hIj9kLm2nOp5q",
+        "https://hooks.slack.com/services/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",
+        ("https://alice:S3cr3tPw@git.example.com/repo.git", "https://alice:<SECRET>@git.example.com/repo.git"),
+        "SG." + "Ab3dEf6hIj9kLm2nOp5qRs" + "." + ("Tu8vWx1yZa4bCd7eFg0hIj3kLm6nOp9qRs2tUv5wXy8zA1b" * 2)[:43],
+        "pypi-AgEIcHlwaS5vcmc" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb3dEf6hI",
+        "sq0csp-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb3dEf6hIj9",
+        "110201543:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw8",
+        "0123456789abcdef0123456789abcdef-us12",
+        "AccountKey=" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z" * 2 + "Ab3dEf6hIj9kLm2nOp5qRs8t",
+        (
+            "aws deploy token: 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY'",
+            "aws deploy token: '<SECRET>'",
+        ),
     ],
 }
 

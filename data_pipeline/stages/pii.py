@@ -3,7 +3,7 @@
 Types: email, ip_address, phone, credit_card, iban, ssn, secret -> `<EMAIL>`, `<IP_ADDRESS>`, ...
 Every candidate a regex finds is checked before it is replaced (ipaddress; every major card
 brand's IIN ranges and lengths + Luhn; IBANs by python-stdnum: registry format + mod-97; SSN
-ranges; entropy of secret values; phones by libphonenumber for the regions of the document's
+ranges; secrets by detect-secrets' plugin patterns plus ours, assigned values by entropy; phones by libphonenumber for the regions of the document's
 language, see pii_phones.py), so version numbers, dates, ISBNs, prices and documentation or
 private IPs stay as they are. IPv6 is read in every form (full, compressed, IPv4-suffixed, with a
 zone index); with ip_public_only, only documentation, private, loopback, link-local, multicast,
@@ -30,6 +30,19 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from detect_secrets.plugins.aws import AWSKeyDetector
+from detect_secrets.plugins.azure_storage_key import AzureStorageKeyDetector
+from detect_secrets.plugins.basic_auth import BasicAuthDetector
+from detect_secrets.plugins.github_token import GitHubTokenDetector
+from detect_secrets.plugins.gitlab_token import GitLabTokenDetector
+from detect_secrets.plugins.mailchimp import MailchimpDetector
+from detect_secrets.plugins.private_key import PrivateKeyDetector
+from detect_secrets.plugins.pypi_token import PypiTokenDetector
+from detect_secrets.plugins.sendgrid import SendGridDetector
+from detect_secrets.plugins.slack import SlackDetector
+from detect_secrets.plugins.square_oauth import SquareOAuthDetector
+from detect_secrets.plugins.stripe import StripeDetector
+from detect_secrets.plugins.telegram_token import TelegramBotTokenDetector
 from stdnum import iban, luhn
 
 from data_pipeline.document import Doc, Reject, Stage
@@ -307,6 +320,54 @@ _SECRET_RULES: tuple[tuple[re.Pattern, int, re.Pattern | None], ...] = tuple(
         ),  # JWT
     )
 )
+# The token patterns of a maintained scanner, detect-secrets (Yelp), plugin by plugin: (plugin,
+# the indexes of its patterns we run, or None for all; {pattern index: the group that is the
+# secret}, e.g. an AWS secret after its key word or a URL's password, else the whole match).
+# Ours above stay for what its plugins lack (Google API keys, Stripe publishable keys,
+# fine-grained GitHub tokens, project-scoped OpenAI keys) and for JWTs, OpenAI keys and Slack
+# tokens, whose detect-secrets patterns backtrack quadratically on inputs like "eyJeyJeyJ..." or
+# "xoxb-1-1-1-...". Left out: plugins whose patterns start with a bare character class (Discord,
+# Twilio, Artifactory: "AC" + 32 hex is a hash as often as a key) or run to the end of the line (npm).
+_SCANNER_PLUGINS: tuple[tuple[type, tuple[int, ...] | None, dict[int, int]], ...] = (
+    (AWSKeyDetector, None, {1: 1}),
+    (GitHubTokenDetector, None, {}),
+    (GitLabTokenDetector, None, {}),
+    (SlackDetector, (1,), {}),  # incoming-webhook URLs
+    (StripeDetector, None, {}),
+    (BasicAuthDetector, None, {0: 1}),
+    (PypiTokenDetector, None, {}),
+    (SendGridDetector, None, {}),
+    (SquareOAuthDetector, None, {}),
+    (TelegramBotTokenDetector, None, {}),
+    (MailchimpDetector, None, {}),
+    (AzureStorageKeyDetector, None, {}),
+)
+_SCANNER_RULES: tuple[tuple[re.Pattern, int], ...] = tuple(
+    (pattern, groups.get(i, 0))
+    for plugin, chosen, groups in _SCANNER_PLUGINS
+    for i, pattern in enumerate(plugin.denylist)
+    if chosen is None or i in chosen
+)
+# Private-key blocks: the markers detect-secrets' PrivateKeyDetector looks for.
+_PRIVATE_KEY_MARKERS = tuple(p.pattern for p in PrivateKeyDetector.denylist)
+
+
+_DOC_PASSWORDS = frozenset("pass password passwd pwd pw secret token changeme xxx xxxx".split())
+
+
+def _scanner_spans(text: str) -> Iterator[Span]:
+    for pattern, group in _SCANNER_RULES:
+        for m in pattern.finditer(text):
+            s, e = m.span(group)
+            if s >= e or (group == 0 and s > 0 and (text[s - 1].isalnum() or text[s - 1] == "_")):
+                continue
+            # "https://user:pass@host", "://<username>:<password>@", "{auth_token}": documentation
+            value = text[s:e]
+            if group and (value.lower() in _DOC_PASSWORDS or value[0] in "<{$%*" or "*" in value):
+                continue
+            yield s, e
+
+
 # PEM private key, also inside JSON strings ("\\n"). The body may not contain "-----", so each
 # BEGIN scans only up to the next marker; a truncated block ends with its last base64 line.
 _PEM = re.compile(
@@ -403,7 +464,7 @@ def _assigned_secret(text: str, op: int) -> Span | None:
 
 
 def _find_secrets(text: str) -> Iterator[Span]:
-    if "PRIVATE KEY" in text:
+    if any(marker in text for marker in _PRIVATE_KEY_MARKERS):
         yield from (span for m in _PEM.finditer(text) if (span := _pem_span(m)) is not None)
     for candidate, lead, full in _SECRET_RULES:
         for m in candidate.finditer(text):
@@ -411,6 +472,7 @@ def _find_secrets(text: str) -> Iterator[Span]:
             glued = s > 0 and (text[s - 1].isalnum() or text[s - 1] in "_-")
             if not glued and (full is None or full.fullmatch(text, s, e) is not None):
                 yield s, e
+    yield from _scanner_spans(text)
     for op in ":=":
         i = text.find(op)
         while i != -1:
