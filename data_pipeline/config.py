@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_pipeline.readers import InputConfig
+from data_pipeline.stages.decontaminate import DecontaminateConfig
 from data_pipeline.stages.language import LanguageConfig
 from data_pipeline.stages.normalize import NormalizeConfig
 from data_pipeline.stages.pii import PIIConfig
@@ -19,7 +20,8 @@ from pretrain.core.config import check, load_config, to_dict
 from pretrain.core.sections import TaskConfig
 
 # Order of the fused per-document chain; exact dedup runs after it across the whole run.
-STAGE_ORDER = ("normalize", "language", "quality", "pii", "toxicity")
+# Decontamination reads the text before PII scrubbing rewrites numbers and addresses in it.
+STAGE_ORDER = ("normalize", "language", "quality", "decontaminate", "pii", "toxicity")
 ALL_STAGES = (*STAGE_ORDER, "exact_dedup")
 
 
@@ -47,6 +49,7 @@ class PipelineConfig(TaskConfig):
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     language: LanguageConfig = field(default_factory=LanguageConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    decontaminate: DecontaminateConfig = field(default_factory=DecontaminateConfig)
     pii: PIIConfig = field(default_factory=PIIConfig)
     toxicity: ToxicityConfig = field(default_factory=ToxicityConfig)
     exact_dedup: ExactDedupConfig = field(default_factory=ExactDedupConfig)
@@ -66,6 +69,7 @@ class PipelineConfig(TaskConfig):
             "input": to_dict(self.input) | {"paths": None},
             "batch_rows": self.batch_rows,
             **{name: to_dict(getattr(self, name)) for name in STAGE_ORDER},
+            "eval_sets": self.decontaminate.fingerprint(),  # editing an eval set redoes the shards
         }
 
 

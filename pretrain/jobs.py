@@ -218,6 +218,9 @@ def pipeline_config(run: Run) -> PipelineConfig:
     d = _with_ray(run.cfg, _section(run.cfg, "data"))
     d["input"] = {**d.get("input", {}), "paths": corpus_paths(run)}
     d["output_dir"] = str(run.path("data"))
+    deco, eval_tasks = d.get("decontaminate") or {}, _section(run.cfg, "eval").get("tasks")
+    if deco.get("enabled") and not deco.get("paths") and eval_tasks not in (None, "auto"):
+        d["decontaminate"] = {**deco, "paths": [eval_tasks]}  # the eval sets this run will score
     return from_dict(PipelineConfig, d, "data")
 
 
