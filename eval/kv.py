@@ -5,8 +5,8 @@ context: per-row RoPE positions, key masks, cache columns written in place.
     h = cached_forward(model, idx, pos, cache, 0, key_valid)      # (B, T, dim) final-norm states
     logits = model.lm_head(h[:, -1])
 
-It runs the trainer's `Transformer` blocks itself (their public submodules and `apply_rope`), so the
-training forward stays single-purpose and untouched. cache[layer] = [keys, values], each
+It runs the trainer's `Transformer` blocks itself (their public submodules and `Attention.qkv`), so
+the training forward stays single-purpose and untouched. cache[layer] = [keys, values], each
 (B, kv_heads, S, head_dim), allocated on first use (in the dtype autocast gives the projections) or
 filled beforehand by the caller (e.g. a shared context's keys copied to every row that continues it).
 """
@@ -17,8 +17,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-from trainer.model import apply_rope
 
 Cache = list[list[torch.Tensor | None]]
 
@@ -57,14 +55,7 @@ def cached_forward(
     x = model.embed_tokens(idx)
     for layer, kv in zip(model.layers, cache):
         attn = layer.self_attn
-        h = layer.input_layernorm(x)
-        q = attn.q_proj(h).view(B, T, attn.num_heads, attn.head_dim)
-        k = attn.k_proj(h).view(B, T, attn.num_kv_heads, attn.head_dim)
-        v = attn.v_proj(h).view(B, T, attn.num_kv_heads, attn.head_dim)
-        if attn.q_norm is not None:
-            q, k = attn.q_norm(q), attn.k_norm(k)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, head_dim)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = attn.qkv(layer.input_layernorm(x), cos, sin)  # (B, H, T, head_dim)
         if kv[0] is None:
             shape = (B, attn.num_kv_heads, T if key_valid is None else key_valid.shape[1], attn.head_dim)
             kv[0] = torch.zeros(shape, dtype=k.dtype, device=k.device)

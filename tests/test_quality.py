@@ -210,12 +210,13 @@ def test_unknown_param_is_a_config_error_naming_it_and_the_allowed_names():
 def test_each_text_is_word_tokenized_once(monkeypatch):
     s = stage()
     calls = []
-    inner = s.tokenizer.inner
+    tokenizer = s.tokenizer_for("en")  # doc() is English
+    inner = tokenizer.inner
     real = inner.word_tokenize
     monkeypatch.setattr(inner, "word_tokenize", lambda text: calls.append(text) or real(text))
     assert isinstance(s.process(doc(GOOD)), Doc)
     assert calls == [GOOD]  # gopher_quality, gopher_repetition and fineweb all used it
-    assert not any(s.tokenizer._caches.values())  # nothing held between documents
+    assert not any(tokenizer._caches.values())  # nothing held between documents
 
 
 def test_stage_pickles_as_its_config():
@@ -302,3 +303,81 @@ def test_same_decisions_reasons_and_text_as_plain_datatrove():
     assert len(texts) == 208
     assert len(reasons) >= 12, reasons  # the set really is varied
     assert details == {"kept", *FILTERS}
+
+
+# -- per-language rules ----------------------------------------------------------------------------
+GERMAN = (
+    "Die Stadt liegt an einem Fluss, und viele Menschen kommen im Sommer, um die alte Brücke zu sehen. "
+    "Das Museum ist nicht groß, aber es zeigt Bilder aus vielen Jahrhunderten mit einer ruhigen Sorgfalt. "
+    "Am Abend sitzen die Leute vor den Häusern, trinken Wein und sprechen über das Wetter und die Ernte. "
+    "Wer länger bleibt, lernt die Wege durch die Weinberge kennen und findet kleine Gasthäuser am Hang."
+)
+ENGLISH_LONG = ["internationalization", "telecommunications", "misunderstandings", "responsibilities",
+                "characterization", "recommendations", "infrastructure", "administration"]  # fmt: skip
+GERMAN_LONG = ["Bundesverfassungsgericht", "Arbeitslosenversicherung", "Haftpflichtversicherung",
+               "Straßenbahnhaltestelle", "Lebensmittelgeschäft", "Gemeindeverwaltung", "Wissenschaftler",
+               "Verkehrsministerium"]  # fmt: skip
+
+
+def _long_word_doc(stop: list[str], long: list[str]) -> str:
+    """60 words, a language's stop words and its long words, mixed so the mean word length is about
+    11 (Gopher's ceiling is 10; compounds make German words long), in five sentences."""
+    words = [stop[i % len(stop)] if i % 2 else long[(i * 3) % len(long)] for i in range(60)]
+
+    def mean() -> float:
+        return sum(map(len, words)) / len(words)
+
+    i = 1
+    while not 10.5 < mean() < 11.5 and i < 60:  # trade stop words for long ones, or back
+        words[i] = long[i % len(long)] if mean() < 10.5 else stop[i % len(stop)]
+        i += 2 if mean() < 10.5 else 1
+    return " ".join(" ".join(words[k : k + 12]).capitalize() + "." for k in range(0, 60, 12))
+
+
+def _lang_doc(text: str, lang: str) -> Doc:
+    return Doc(id="d0", text=text, source="test", metadata={"language": lang})
+
+
+def test_german_prose_is_judged_by_german_stop_words():
+    only_gopher = {n: FilterConfig(enabled=False) for n in ("gopher_repetition", "c4", "fineweb")}
+    per_language = stage(**only_gopher)
+    assert isinstance(per_language.process(_lang_doc(GERMAN, "de")), Doc)
+    # The same page judged by the English rules has none of "the, be, to, of, and, that, have, with".
+    english_only = QualityConfig(per_language={}, **only_gopher).build()
+    assert english_only.process(_lang_doc(GERMAN, "de")) == Reject(
+        "gopher_enough_stop_words", detail="gopher_quality"
+    )
+    assert isinstance(per_language.process(_lang_doc(GOOD, "en")), Doc)
+
+
+def test_same_defect_judged_by_each_languages_own_threshold():
+    """Long words (mean length about 11): above Gopher's English ceiling of 10, within the German
+    ceiling of 12 (compounds); the German page is rejected too once judged by English rules."""
+    from data_pipeline.stages.quality import DEFAULT_LANGUAGE_RULES
+
+    only_gopher = {n: FilterConfig(enabled=False) for n in ("gopher_repetition", "c4", "fineweb")}
+    s = stage(**only_gopher)
+    en = _long_word_doc(DEFAULT_LANGUAGE_RULES["en"]["stop_words"], ENGLISH_LONG)
+    de = _long_word_doc(DEFAULT_LANGUAGE_RULES["de"]["stop_words"], GERMAN_LONG)
+    for text in (en, de):
+        words = text.replace(".", "").split()
+        assert len(words) == 60 and 10 < sum(map(len, words)) / len(words) < 12, text
+    assert s.process(_lang_doc(en, "en")) == Reject("gopher_above_avg_threshold", detail="gopher_quality")
+    assert isinstance(s.process(_lang_doc(de, "de")), Doc)
+    english_only = QualityConfig(per_language={}, **only_gopher).build()
+    assert english_only.process(_lang_doc(de, "de")) == Reject(
+        "gopher_above_avg_threshold", detail="gopher_quality"
+    )
+    tuned = QualityConfig(per_language={"de": {"gopher_quality": {"max_avg_word_length": 10}}}, **only_gopher)
+    assert tuned.build().process(_lang_doc(de, "de")) == Reject(
+        "gopher_above_avg_threshold", detail="gopher_quality"
+    )
+
+
+def test_per_language_rules_are_validated_naming_the_field():
+    with pytest.raises(ConfigError, match=r"quality\.per_language\.de\.gopher_quality\.max_word_len=3"):
+        QualityConfig(per_language={"de": {"gopher_quality": {"max_word_len": 3}}})
+    with pytest.raises(ConfigError, match=r"quality\.per_language\.de\.stopwords"):
+        QualityConfig(per_language={"de": {"stopwords": ["der"]}})
+    with pytest.raises(ConfigError, match=r"quality\.per_language\.xx"):
+        QualityConfig(per_language={"xx": {}})

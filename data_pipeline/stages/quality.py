@@ -2,7 +2,9 @@
 
 Each filter can be switched off and tuned from the config; `params` go verbatim to the datatrove
 filter's constructor (`quality.gopher_quality.params.min_doc_words=20`, `quality.c4.enabled=false`).
-Filters run in FineWeb's order and the first failure rejects the doc with datatrove's reason. The C4
+Filters run in FineWeb's order and the first failure rejects the doc with datatrove's reason.
+Each document is judged by its own language's rules (`per_language`: word tokenizer, stop words,
+thresholds), so a German page is not measured against English stop words. The C4
 filter also drops lines (no terminal punctuation, "javascript", cookie notices...); the kept doc carries
 that text. All four share one memoising tokenizer, so each text is word-tokenized once, not per filter.
 """
@@ -55,6 +57,34 @@ class FilterConfig:
     """Keyword arguments for the datatrove filter's constructor; unset ones keep datatrove's defaults."""
 
 
+# Per-language rules the stage ships (a document's language comes from the language stage).
+# Stop words: Gopher (Rae et al. 2021) requires 2 of 8 very frequent English function words
+# (datatrove's STOP_WORDS); the other lists are each language's eight most frequent function words
+# (articles, copulas, conjunctions, prepositions), the same idea for text Gopher's list cannot
+# judge: a German or French page has none of "the, be, to, of, and, that, have, with".
+# Word length: German and Dutch write compounds as one word, so Gopher's 10-character ceiling on the
+# mean word length is raised to 12 there. FineWeb-2 (Penedo et al. 2025) showed that thresholds
+# tuned on English misjudge other languages; these are a conservative start, tunable per language.
+DEFAULT_LANGUAGE_RULES: dict[str, dict[str, Any]] = {
+    "en": {"stop_words": ["the", "be", "to", "of", "and", "that", "have", "with"]},
+    "de": {"stop_words": ["der", "die", "das", "und", "ist", "nicht", "mit", "zu"],
+           "gopher_quality": {"max_avg_word_length": 12}},
+    "nl": {"stop_words": ["de", "het", "een", "en", "van", "is", "niet", "met"],
+           "gopher_quality": {"max_avg_word_length": 12}},
+    "fr": {"stop_words": ["le", "la", "les", "de", "et", "est", "un", "que"]},
+    "es": {"stop_words": ["el", "la", "de", "que", "y", "en", "los", "es"]},
+    "it": {"stop_words": ["il", "la", "di", "che", "e", "è", "un", "per"]},
+    "pt": {"stop_words": ["o", "a", "de", "que", "e", "do", "da", "é"]},
+    "pl": {"stop_words": ["i", "w", "nie", "na", "się", "jest", "to", "z"]},
+}  # fmt: skip
+_RULE_KEYS = ("stop_words", *FILTERS)
+
+
+def _default_language_rules() -> dict[str, dict[str, Any]]:
+    return {lang: {k: (dict(v) if isinstance(v, dict) else list(v)) for k, v in r.items()}
+            for lang, r in DEFAULT_LANGUAGE_RULES.items()}  # fmt: skip
+
+
 @dataclass
 class QualityConfig:
     enabled: bool = True
@@ -69,7 +99,13 @@ class QualityConfig:
     fineweb: FilterConfig = field(default_factory=FilterConfig)
     """datatrove FineWebQualityFilter: lines ending in punctuation, short lines, duplicate lines, list-like docs."""
     language: str = "en"
-    """Language code of the word/sentence tokenizer all four filters use (one datatrove knows: en, de, fr...)."""
+    """Language code of the word/sentence tokenizer for documents whose language has no entry in
+    `per_language` (or that carry none): one datatrove knows (en, de, fr...)."""
+    per_language: dict[str, dict[str, Any]] = field(default_factory=_default_language_rules)
+    """Rules per document language (metadata.language, set by the language stage): that language's
+    word tokenizer, `stop_words` for Gopher's stop-word rule, and filter params laid over the ones
+    above, e.g. `quality.per_language.de.gopher_quality.max_avg_word_length=12`. The defaults
+    (DEFAULT_LANGUAGE_RULES) cover en, de, nl, fr, es, it, pt, pl; {} judges everything by `language`."""
 
     def __post_init__(self) -> None:
         from datatrove.utils.word_tokenizers import load_tokenizer_assignments  # heavy, see above
@@ -80,13 +116,27 @@ class QualityConfig:
             self.language,
             "a language code datatrove has a word tokenizer for (en, de, fr, ...)",
         )
-        for name in FILTERS:
-            params = getattr(self, name).params
+        param_sets = [(f"quality.{name}.params", name, getattr(self, name).params) for name in FILTERS]
+        for lang, rules in self.per_language.items():
+            check(
+                lang in load_tokenizer_assignments(),
+                f"quality.per_language.{lang}",
+                lang,
+                "a language code datatrove has a word tokenizer for (en, de, fr, ...)",
+            )
+            for key, value in rules.items():
+                where = f"quality.per_language.{lang}.{key}"
+                check(key in _RULE_KEYS, where, value, f"one of {', '.join(_RULE_KEYS)}")
+                if key == "stop_words":
+                    check(isinstance(value, list) and value, where, value, "a non-empty list of words")
+                else:
+                    check(isinstance(value, dict), where, value, "a mapping of that filter's params")
+                    param_sets.append((where, key, value))
+        for where, name, params in param_sets:
             allowed = filter_param_names(name) if params else []  # importing the filters costs ~0.5 s
             for key, value in params.items():
-                where = f"quality.{name}.params.{key}"
-                check(key not in _SET_BY_STAGE, where, value, _SET_BY_STAGE.get(key, ""))
-                check(key in allowed, where, value, f"one of {', '.join(allowed)}")
+                check(key not in _SET_BY_STAGE, f"{where}.{key}", value, _SET_BY_STAGE.get(key, ""))
+                check(key in allowed, f"{where}.{key}", value, f"one of {', '.join(allowed)}")
 
     def build(self) -> QualityFilter:
         return QualityFilter(self)
@@ -152,14 +202,37 @@ class QualityFilter(Stage):
 
         self._document = Document
         self._filter_result = get_filter_result
+        self._filters_module = filters
         self.cfg = cfg
-        self.tokenizer = memoising_tokenizer(cfg.language)
-        self.filters = []  # (config name, datatrove filter), in FILTERS order
-        for name, (cls_name, _) in FILTERS.items():
-            sub = getattr(cfg, name)
-            if sub.enabled:
-                params = {k: _tuples(v) for k, v in sub.params.items()}
-                self.filters.append((name, getattr(filters, cls_name)(language=self.tokenizer, **params)))
+        # language -> (memoising tokenizer, [(config name, datatrove filter)] in FILTERS order),
+        # built on a language's first document; None: the default rules.
+        self._sets: dict[str | None, tuple[Any, list]] = {}
+
+    @property
+    def filters(self) -> list:
+        """[(config name, datatrove filter)] of the default rules (`language` and the params above)."""
+        return self._filter_set(None)[1]
+
+    def tokenizer_for(self, lang: str | None) -> Any:
+        """The memoising word tokenizer the filters use for documents in `lang`."""
+        return self._filter_set(lang)[0]
+
+    def _filter_set(self, lang: str | None) -> tuple[Any, list]:
+        key = lang if lang in self.cfg.per_language else None
+        if key not in self._sets:
+            rules = self.cfg.per_language.get(key, {}) if key else {}
+            tokenizer = memoising_tokenizer(key or self.cfg.language)
+            built = []
+            for name, (cls_name, _) in FILTERS.items():
+                sub = getattr(self.cfg, name)
+                if sub.enabled:
+                    params = {**sub.params, **rules.get(name, {})}
+                    if name == "gopher_quality" and "stop_words" in rules and "stop_words" not in sub.params:
+                        params["stop_words"] = rules["stop_words"]
+                    params = {k: _tuples(v) for k, v in params.items()}
+                    built.append((name, getattr(self._filters_module, cls_name)(language=tokenizer, **params)))
+            self._sets[key] = (tokenizer, built)
+        return self._sets[key]
 
     def __reduce__(self) -> tuple:
         # Ship the config, not spaCy: workers rebuild the stage (the tokenizer class is local anyway).
@@ -167,14 +240,16 @@ class QualityFilter(Stage):
 
     def process(self, doc: Doc) -> Doc | Reject:
         dt_doc = self._document(text=doc.text, id=doc.id)
+        lang = doc.metadata.get("language")
+        tokenizer, filters = self._filter_set(lang)
         try:
-            for name, f in self.filters:
+            for name, f in filters:
                 kept, reason = self._filter_result(f.filter(dt_doc))
                 if not kept:
                     return Reject(stage_reason(name, reason), detail=name)
         finally:
             # Datatrove caches our tokenizer forever (load_word_tokenizer); keep it from holding texts.
-            self.tokenizer.clear()
+            tokenizer.clear()
         if not self.cfg.c4.enabled:
             return doc
         num_lines_removed = 0
