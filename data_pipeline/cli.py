@@ -21,9 +21,10 @@ from data_pipeline.groundtruth import print_score, score_run
 from data_pipeline.minhash.dedup import load_minhash_config, run_minhash_dedup
 from data_pipeline.minhash.lsh import format_s_curve
 from data_pipeline.pii_eval import DEFAULT_PII_LOCALES, format_table, make_pii_set, score_pii
+from data_pipeline.quality_classifier import TrainQualityConfig, train_quality_model
 from data_pipeline.readers import discover_inputs
 from pretrain.core.cli import add_config_args, dispatch
-from pretrain.core.config import dump_yaml
+from pretrain.core.config import dump_yaml, load_config
 from pretrain.core.jsonl import read_jsonl, write_jsonl
 from pretrain.core.runner import PipelineError
 
@@ -62,6 +63,18 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, help="the run's output_dir")
     p.add_argument("--json", action="store_true", help="print the full score as JSON")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser(
+        "train-quality", help="train a fastText quality classifier (for the quality_model stage)"
+    )
+    p.add_argument(
+        "--positive", required=True, nargs="+", help="documents to keep: JSONL, Parquet, stage dirs"
+    )
+    p.add_argument("--negative", required=True, nargs="+", help="documents to drop")
+    p.add_argument("--out", required=True, help="directory for model.bin and report.json")
+    p.add_argument("--config", help="YAML with TrainQualityConfig fields (epochs, dim, ...)")
+    p.add_argument("overrides", nargs="*", help="e.g. epochs=20 dim=64")
+    p.set_defaults(func=cmd_train_quality)
 
     p = sub.add_parser(
         "make-pii-set", help="text with PII written by Faker in several locales, planted truth"
@@ -158,6 +171,16 @@ def cmd_score(args: argparse.Namespace) -> int:
     else:
         print_score(score)
     return 0 if score["num_met"] == score["num_docs"] else 1
+
+
+def cmd_train_quality(args: argparse.Namespace) -> int:
+    cfg = load_config(TrainQualityConfig, args.config, list(args.overrides))
+    report = train_quality_model(args.positive, args.negative, args.out, cfg)
+    print(
+        f"model: {args.out}/model.bin; held-out precision {report['precision']:.3f}, "
+        f"recall {report['recall']:.3f} ({report['num_heldout']} documents)"
+    )
+    return 0
 
 
 def cmd_make_pii_set(args: argparse.Namespace) -> int:

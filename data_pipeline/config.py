@@ -15,13 +15,14 @@ from data_pipeline.stages.language import LanguageConfig
 from data_pipeline.stages.normalize import NormalizeConfig
 from data_pipeline.stages.pii import PIIConfig
 from data_pipeline.stages.quality import QualityConfig
+from data_pipeline.stages.quality_model import QualityModelConfig
 from data_pipeline.stages.toxicity import ToxicityConfig
 from pretrain.core.config import check, load_config, to_dict
 from pretrain.core.sections import TaskConfig
 
 # Order of the fused per-document chain; exact dedup runs after it across the whole run.
 # Decontamination reads the text before PII scrubbing rewrites numbers and addresses in it.
-STAGE_ORDER = ("normalize", "language", "quality", "decontaminate", "pii", "toxicity")
+STAGE_ORDER = ("normalize", "language", "quality", "quality_model", "decontaminate", "pii", "toxicity")
 ALL_STAGES = (*STAGE_ORDER, "exact_dedup")
 
 
@@ -49,6 +50,7 @@ class PipelineConfig(TaskConfig):
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     language: LanguageConfig = field(default_factory=LanguageConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    quality_model: QualityModelConfig = field(default_factory=QualityModelConfig)
     decontaminate: DecontaminateConfig = field(default_factory=DecontaminateConfig)
     pii: PIIConfig = field(default_factory=PIIConfig)
     toxicity: ToxicityConfig = field(default_factory=ToxicityConfig)
@@ -70,6 +72,7 @@ class PipelineConfig(TaskConfig):
             "batch_rows": self.batch_rows,
             **{name: to_dict(getattr(self, name)) for name in STAGE_ORDER},
             "eval_sets": self.decontaminate.fingerprint(),  # editing an eval set redoes the shards
+            "quality_model_file": self.quality_model.fingerprint(),  # so does retraining the model
         }
 
 

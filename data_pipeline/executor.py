@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from data_pipeline.config import STAGE_ORDER, PipelineConfig
+from data_pipeline.quality_classifier import REPORT_FILE
 from data_pipeline.readers import InputUnit, SkippedFile, format_skipped, scan_inputs
 from data_pipeline.summary import write_summary
 from data_pipeline.tasks import dedup_partition, finalize_shard, run_chain
 from pretrain.core.config import config_hash, dump_yaml, to_dict
 from pretrain.core.done import load_done
-from pretrain.core.files import write_json
+from pretrain.core.files import read_json, write_json
 from pretrain.core.hashing import file_fingerprint
 from pretrain.core.progress import Progress
 from pretrain.core.runner import raise_errors, run_tasks
@@ -193,4 +194,17 @@ def _aggregate(
         "seconds": round(seconds, 3),
         "docs_per_second": round(num_in / seconds, 1) if seconds else None,
         "task_seconds_chain": round(chain_seconds, 3),
+        "quality_model": quality_model_report(cfg),
     }
+
+
+def quality_model_report(cfg: PipelineConfig) -> dict | None:
+    """The classifier's held-out precision and recall (its report.json), for the summary."""
+    if not cfg.quality_model.enabled:
+        return None
+    report = cfg.quality_model.model_path.parent / REPORT_FILE
+    if not report.is_file():
+        return {"model": str(cfg.quality_model.model_path), "threshold": cfg.quality_model.threshold}
+    r = read_json(report)
+    return {"model": str(cfg.quality_model.model_path), "threshold": cfg.quality_model.threshold,
+            **{k: r[k] for k in ("precision", "recall", "num_train", "num_heldout")}}  # fmt: skip

@@ -29,6 +29,12 @@ def summary_markdown(stats: dict[str, Any]) -> str:
     if stats.get("skipped_files"):
         lines += ["", "## Skipped input files", "", "| file | why |", "| --- | --- |"]
         lines += [f"| `{f['path']}` | {f['reason']} |" for f in stats["skipped_files"]]
+    if stats.get("quality_model"):
+        q = stats["quality_model"]
+        lines += ["", "## Quality classifier", "", f"Model `{q['model']}`, threshold {q['threshold']}."]
+        if "precision" in q:
+            lines.append(f"On its held-out split ({q['num_heldout']:,} documents): precision {q['precision']:.3f}, "
+                         f"recall {q['recall']:.3f} (positive class, score >= 0.5).")  # fmt: skip
     if stats.get("pii"):
         lines += ["", "## PII replaced", "", "| type | count |", "| --- | ---: |"]
         lines += [f"| {k} | {v:,} |" for k, v in stats["pii"].items()]

@@ -1,0 +1,136 @@
+"""Train a fastText quality classifier (as DCLM and FineWeb-Edu's distilled classifier do): documents
+you want more of against documents you want less of; the `quality_model` stage applies it.
+
+    report = train_quality_model(["runs/good.jsonl"], ["runs/junk"], "runs/qmodel")
+    pretrain data train-quality --positive runs/good.jsonl --negative runs/junk --out runs/qmodel
+
+Inputs are anything the pipeline reads (JSONL, Parquet, text folders, stage directories); text is
+lowercased and whitespace-joined onto one line per document, as fastText wants. The two classes are
+balanced (the larger one sampled down, seeded), a held-out tenth of each is kept out of training,
+and the model is trained single-threaded with a seed, so the same inputs give the same model. OUT
+gets model.bin and report.json: counts, precision and recall of the positive class on the held-out
+split at the 0.5 threshold, the score quantiles of each class, and the settings.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from data_pipeline.readers import InputConfig, discover_inputs, read_unit
+from pretrain.core.config import check
+from pretrain.core.files import atomic_path, write_json
+
+POSITIVE, NEGATIVE = "__label__hq", "__label__lq"
+MODEL_FILE, REPORT_FILE = "model.bin", "report.json"
+
+
+def import_fasttext():
+    try:
+        import fasttext  # heavy optional library (the data extra): only the classifier needs it
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError("the quality classifier needs fastText: pip install fasttext-numpy2") from e
+    return fasttext
+
+
+@dataclass
+class TrainQualityConfig:
+    epochs: int = 10
+    """Passes over the training documents."""
+    lr: float = 0.5
+    """fastText's learning rate."""
+    dim: int = 32
+    """Embedding size."""
+    word_ngrams: int = 2
+    """Word n-grams (DCLM's classifier uses bigrams)."""
+    buckets: int = 200_000
+    """Hash buckets for n-grams (the model holds buckets x dim floats: 25 MB at the defaults)."""
+    max_docs_per_class: int = 100_000
+    """Documents per class at most (the larger class is also sampled down to the smaller one)."""
+    heldout_fraction: float = 0.1
+    """Share of each class kept out of training to measure precision and recall."""
+    seed: int = 0
+    """Sampling, split and training seed."""
+
+    def __post_init__(self) -> None:
+        check(self.epochs >= 1, "epochs", self.epochs, ">= 1")
+        check(self.dim >= 2, "dim", self.dim, ">= 2")
+        check(0 < self.heldout_fraction < 0.5, "heldout_fraction", self.heldout_fraction, "in (0, 0.5)")
+        check(self.max_docs_per_class >= 10, "max_docs_per_class", self.max_docs_per_class, ">= 10")
+
+
+def read_texts(paths: list[str], limit: int) -> list[str]:
+    """Document texts from any input the pipeline reads, up to `limit`, in input order."""
+    cfg = InputConfig(paths=list(paths))
+    texts: list[str] = []
+    for unit in discover_inputs(cfg):
+        for doc, reject in read_unit(unit, cfg):
+            if reject is None and doc.text.strip():
+                texts.append(doc.text)
+                if len(texts) >= limit:
+                    return texts
+    if not texts:
+        raise ValueError(f"no documents with text in {paths}")
+    return texts
+
+
+def fasttext_line(text: str) -> str:
+    """One document as fastText reads it: lowercased, every whitespace run a single space."""
+    return " ".join(text.lower().split())
+
+
+def score(model: Any, text: str) -> float:
+    """Probability of the positive class."""
+    labels, probs = model.predict(fasttext_line(text), k=2)
+    return float(dict(zip(labels, probs)).get(POSITIVE, 0.0))
+
+
+def train_quality_model(
+    positive: list[str], negative: list[str], out_dir: str | Path, cfg: TrainQualityConfig | None = None
+) -> dict[str, Any]:
+    cfg = cfg or TrainQualityConfig()
+    fasttext = import_fasttext()
+    rng = random.Random(cfg.seed)
+    pos = read_texts(positive, cfg.max_docs_per_class)
+    neg = read_texts(negative, cfg.max_docs_per_class)
+    n = min(len(pos), len(neg))
+    pos, neg = rng.sample(pos, n), rng.sample(neg, n)  # balanced, shuffled
+    k = max(1, round(n * cfg.heldout_fraction))
+    if n - k < 5:
+        raise ValueError(f"only {n} documents in the smaller class: at least {k + 5} are needed")
+    train = [(POSITIVE, t) for t in pos[k:]] + [(NEGATIVE, t) for t in neg[k:]]
+    rng.shuffle(train)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "train.txt"
+        data.write_text("".join(f"{label} {fasttext_line(t)}\n" for label, t in train), encoding="utf-8")
+        model = fasttext.train_supervised(
+            str(data), epoch=cfg.epochs, lr=cfg.lr, dim=cfg.dim, wordNgrams=cfg.word_ngrams,
+            bucket=cfg.buckets, thread=1, seed=cfg.seed, verbose=0,
+        )  # fmt: skip
+    with atomic_path(out / MODEL_FILE) as tmp_model:
+        model.save_model(str(tmp_model))
+    pos_scores = sorted(score(model, t) for t in pos[:k])
+    neg_scores = sorted(score(model, t) for t in neg[:k])
+    tp = sum(s >= 0.5 for s in pos_scores)
+    fp = sum(s >= 0.5 for s in neg_scores)
+    report = {
+        "num_train": len(train),
+        "num_heldout": 2 * k,
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / k,
+        "threshold": 0.5,
+        "heldout_score_quantiles": {
+            "positive": [pos_scores[int(q * (k - 1))] for q in (0.1, 0.5, 0.9)],
+            "negative": [neg_scores[int(q * (k - 1))] for q in (0.1, 0.5, 0.9)],
+        },
+        "positive_inputs": list(positive),
+        "negative_inputs": list(negative),
+        "config": asdict(cfg),
+    }
+    write_json(out / REPORT_FILE, report)
+    return report
