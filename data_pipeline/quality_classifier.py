@@ -14,16 +14,20 @@ split at the 0.5 threshold, the score quantiles of each class, and the settings.
 
 from __future__ import annotations
 
+import logging
 import random
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from data_pipeline.groundtruth import load_truth
 from data_pipeline.readers import InputConfig, discover_inputs, read_unit
 from pretrain.core.config import check
 from pretrain.core.files import atomic_path, write_json
+from pretrain.core.jsonl import write_jsonl
 
+log = logging.getLogger(__name__)
 POSITIVE, NEGATIVE = "__label__hq", "__label__lq"
 MODEL_FILE, REPORT_FILE = "model.bin", "report.json"
 
@@ -38,10 +42,11 @@ def import_fasttext():
 
 @dataclass
 class TrainQualityConfig:
-    epochs: int = 10
+    epochs: int = 20
     """Passes over the training documents."""
-    lr: float = 0.5
-    """fastText's learning rate."""
+    lr: float = 0.2
+    """fastText's learning rate (0.5, fastText's example value, diverges on long documents in some
+    processes; training halves it after a NaN, up to three times, and the report says what it used)."""
     dim: int = 32
     """Embedding size."""
     word_ngrams: int = 2
@@ -77,6 +82,30 @@ def read_texts(paths: list[str], limit: int) -> list[str]:
     return texts
 
 
+def corpus_training_sets(corpus_dir: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
+    """positive.jsonl and negative.jsonl in out_dir from the generated tiny corpus: its clean base
+    documents against its junk ones (the documents its truth expects the quality stage to drop)."""
+    truth = load_truth(corpus_dir)
+    cfg = InputConfig(paths=[str(Path(corpus_dir) / "raw")])
+    rows: dict[str, list[dict]] = {"positive": [], "negative": []}
+    readers_log = logging.getLogger("data_pipeline.readers")
+    level = readers_log.level
+    readers_log.setLevel(logging.ERROR)  # the corpus's planted bad records: the data job reports them
+    try:
+        for unit in discover_inputs(cfg):
+            for doc, reject in read_unit(unit, cfg):
+                t = truth.get(doc.id)
+                if reject is None and t is not None and t["category"] in ("base", "junk"):
+                    kind = "positive" if t["category"] == "base" else "negative"
+                    rows[kind].append({"id": doc.id, "text": doc.text})
+    finally:
+        readers_log.setLevel(level)
+    out = Path(out_dir)
+    for name, docs in rows.items():
+        write_jsonl(out / f"{name}.jsonl", docs)
+    return out / "positive.jsonl", out / "negative.jsonl"
+
+
 def fasttext_line(text: str) -> str:
     """One document as fastText reads it: lowercased, every whitespace run a single space."""
     return " ".join(text.lower().split())
@@ -108,10 +137,19 @@ def train_quality_model(
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "train.txt"
         data.write_text("".join(f"{label} {fasttext_line(t)}\n" for label, t in train), encoding="utf-8")
-        model = fasttext.train_supervised(
-            str(data), epoch=cfg.epochs, lr=cfg.lr, dim=cfg.dim, wordNgrams=cfg.word_ngrams,
-            bucket=cfg.buckets, thread=1, seed=cfg.seed, verbose=0,
-        )  # fmt: skip
+        lr = cfg.lr
+        for attempt in range(4):
+            try:
+                model = fasttext.train_supervised(
+                    str(data), epoch=cfg.epochs, lr=lr, dim=cfg.dim, wordNgrams=cfg.word_ngrams,
+                    bucket=cfg.buckets, thread=1, seed=cfg.seed, verbose=0,
+                )  # fmt: skip
+                break
+            except RuntimeError as e:  # "Encountered NaN": fastText's advice is a lower learning rate
+                if "NaN" not in str(e) or attempt == 3:
+                    raise
+                log.warning("fastText diverged at lr=%g; retrying at lr=%g", lr, lr / 2)
+                lr /= 2
     with atomic_path(out / MODEL_FILE) as tmp_model:
         model.save_model(str(tmp_model))
     pos_scores = sorted(score(model, t) for t in pos[:k])
@@ -124,6 +162,7 @@ def train_quality_model(
         "precision": tp / (tp + fp) if tp + fp else 0.0,
         "recall": tp / k,
         "threshold": 0.5,
+        "lr_used": lr,
         "heldout_score_quantiles": {
             "positive": [pos_scores[int(q * (k - 1))] for q in (0.1, 0.5, 0.9)],
             "negative": [neg_scores[int(q * (k - 1))] for q in (0.1, 0.5, 0.9)],

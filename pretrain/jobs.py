@@ -22,6 +22,13 @@ from data_pipeline.config import PipelineConfig
 from data_pipeline.corpus import generate_corpus
 from data_pipeline.executor import run_pipeline
 from data_pipeline.minhash.dedup import MinHashRunConfig, run_minhash_dedup
+from data_pipeline.quality_classifier import (
+    MODEL_FILE,
+    REPORT_FILE,
+    TrainQualityConfig,
+    corpus_training_sets,
+    train_quality_model,
+)
 from data_pipeline.split import split_heldout
 from eval.config import EvalConfig
 from eval.export import export_checkpoint
@@ -41,7 +48,18 @@ from trainer.config import TrainConfig
 from trainer.schedule import Timeline
 from trainer.train import train
 
-JOBS = ["corpus", "data", "minhash", "split", "tokenizer", "encode", "train", "eval", "report"]
+JOBS = [
+    "corpus",
+    "quality_model",
+    "data",
+    "minhash",
+    "split",
+    "tokenizer",
+    "encode",
+    "train",
+    "eval",
+    "report",
+]
 RECORDS = "jobs"  # run_dir/jobs/<job>.json
 OLD_RECORDS = "stages"  # where runs made before the rename keep them
 
@@ -60,6 +78,27 @@ class CorpusConfig:
 
     def __post_init__(self) -> None:
         check(self.num_base_docs >= 1, "corpus.num_base_docs", self.num_base_docs, ">= 1")
+
+
+@dataclass
+class QualityModelRunConfig:
+    """A fastText quality classifier trained for this run; the data job scores every document with
+    it (metadata.quality_score) and MinHash keeps the best-scoring copy of a cluster."""
+
+    enabled: bool = False
+    """Train the classifier and run the data pipeline's quality_model stage with it."""
+    positive: list[str] = field(default_factory=list)
+    """Documents to keep (JSONL, Parquet, stage dirs); empty: the generated corpus's clean documents."""
+    negative: list[str] = field(default_factory=list)
+    """Documents to drop; empty: the generated corpus's junk documents."""
+    threshold: float | None = None
+    """Drop documents scoring below this in the data job (reason low_quality_score); null: only score."""
+    train: dict[str, Any] = field(default_factory=dict)
+    """TrainQualityConfig fields (epochs, dim, seed, ...)."""
+
+    def __post_init__(self) -> None:
+        check(bool(self.positive) == bool(self.negative), "quality_model.positive", self.positive,
+              "given together with quality_model.negative (or both empty: the generated corpus's)")  # fmt: skip
 
 
 @dataclass
@@ -96,6 +135,8 @@ class RunConfig:
     """data_pipeline PipelineConfig fields (not input/output_dir), e.g. quality, pii, ray."""
     minhash: dict[str, Any] = field(default_factory=dict)
     """data_pipeline MinHashConfig fields, e.g. threshold, num_perm."""
+    quality_model: QualityModelRunConfig = field(default_factory=QualityModelRunConfig)
+    """The quality classifier (off by default)."""
     split: SplitConfig = field(default_factory=SplitConfig)
     """Held-out documents for eval."""
     tokenizer: dict[str, Any] = field(default_factory=dict)
@@ -213,11 +254,47 @@ def _digest_corpus(run: Run) -> str | None:
     return json_digest(files) if files else None
 
 
+# quality model ------------------------------------------------------------------------------------
+def _run_quality_model(run: Run) -> None:
+    q = run.cfg.quality_model
+    if not q.enabled:
+        return
+    out = run.path("quality_model")
+    if q.positive:
+        positive, negative = list(q.positive), list(q.negative)
+    elif run.cfg.corpus.input:
+        raise ValueError("quality_model.positive/negative: name the documents to keep and to drop "
+                         "(only the generated corpus brings its own)")  # fmt: skip
+    else:
+        positive, negative = (str(p) for p in corpus_training_sets(run.path("corpus"), out / "sets"))
+        positive, negative = [positive], [negative]
+    train_quality_model(
+        positive, negative, out, from_dict(TrainQualityConfig, q.train, "quality_model.train")
+    )
+
+
+def _digest_quality_model(run: Run) -> str | None:
+    if not run.cfg.quality_model.enabled:
+        return "disabled"
+    files = [run.path("quality_model") / MODEL_FILE, run.path("quality_model") / REPORT_FILE]
+    if not all(f.exists() for f in files):
+        return None
+    # the threshold is the data job's business: part of the digest so that changing it redoes data
+    return json_digest([*(sha256_file(f) for f in files), run.cfg.quality_model.threshold])
+
+
 # data + minhash -----------------------------------------------------------------------------------
 def pipeline_config(run: Run) -> PipelineConfig:
     d = _with_ray(run.cfg, _section(run.cfg, "data"))
     d["input"] = {**d.get("input", {}), "paths": corpus_paths(run)}
     d["output_dir"] = str(run.path("data"))
+    q = run.cfg.quality_model
+    if q.enabled:  # the classifier this run trains (the quality_model job)
+        d["quality_model"] = {
+            "enabled": True,
+            "model": str(run.path("quality_model")),
+            "threshold": q.threshold,
+        }
     deco, eval_tasks = d.get("decontaminate") or {}, _section(run.cfg, "eval").get("tasks")
     if deco.get("enabled") and not deco.get("paths") and eval_tasks not in (None, "auto"):
         d["decontaminate"] = {**deco, "paths": [eval_tasks]}  # the eval sets this run will score
@@ -378,7 +455,16 @@ def _digest_report(run: Run) -> str | None:
 def build_jobs() -> list[Job]:
     return [
         Job("corpus", _run_corpus, _digest_corpus, [], lambda c: c.corpus),
-        Job("data", _run_data, lambda r: _shard_dir_digest(r.path("data")), ["corpus"], lambda c: c.data),
+        Job(
+            "quality_model", _run_quality_model, _digest_quality_model, ["corpus"], lambda c: c.quality_model
+        ),
+        Job(
+            "data",
+            _run_data,
+            lambda r: _shard_dir_digest(r.path("data")),
+            ["corpus", "quality_model"],
+            lambda c: c.data,
+        ),
         Job(
             "minhash",
             _run_minhash,

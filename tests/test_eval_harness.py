@@ -386,3 +386,25 @@ def test_generation_options_read_as_lm_eval_hf_reads_them():
     assert o.cut("abc\ndef") == "abc"
     with pytest.raises(ValueError, match=r"\['num_beams'\] are not supported"):
         GenerationOptions.parse({"num_beams": 4}, 256)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pretrain_model_on_a_gpu(compared):
+    """On a GPU: fp32 gives the CPU numbers (within 1e-3), bf16 autocast runs every task type."""
+    from eval.harness import PretrainLM, evaluate_tasks
+
+    cpu = {t: r for t, r in ((t, _metrics(compared["ours"], t)) for t in compared["names"])}
+    fp32 = evaluate_tasks(PretrainLM(checkpoint=str(compared["ckpt"]), device="cuda", dtype="float32"),
+                          compared["tasks_dir"], compared["names"])  # fmt: skip
+    for task, r in fp32.items():
+        for metric, value in r["metrics"].items():
+            if task not in compared["rolling"] or metric == "bits_per_byte":
+                assert abs(value - cpu[task][metric]) < 1e-3 or metric.startswith("exact_match"), (
+                    task,
+                    metric,
+                )
+    bf16 = evaluate_tasks(PretrainLM(checkpoint=str(compared["ckpt"]), device="cuda", dtype="bfloat16"),
+                          compared["tasks_dir"], compared["names"])  # fmt: skip
+    assert set(bf16) == set(compared["names"])
+    assert all(math.isfinite(v) for r in bf16.values() for v in r["metrics"].values())

@@ -190,6 +190,15 @@ def test_default_run_smoke(tmp_path):
     assert docs["docs_after_minhash"] + docs["docs_rejected_minhash"] == docs["docs_after_data"]
     assert docs["docs_train"] + docs["docs_heldout"] == docs["docs_after_minhash"]
     assert docs["docs_heldout"] > 0 and facts["dedup_clusters"] and sum(facts["pii"].values()) > 0
+    # The demo's quality classifier (clean vs junk documents of the corpus) scored every kept document.
+    from data_pipeline.groundtruth import read_outputs
+
+    report = json.loads((run_dir / "quality_model" / "report.json").read_text())
+    assert report["num_heldout"] > 0 and 0 <= report["precision"] <= 1
+    kept, _ = read_outputs(run_dir / "data")
+    assert kept and all(0 <= d["metadata"]["quality_score"] <= 1 for d in kept.values())
+    assert "## Quality classifier" in (run_dir / "data" / "summary.md").read_text()
+    assert {"heldout_complete"} <= set(facts["eval"]["tasks"])  # the generation task ran too
     train = facts["train"]
     assert train["phases"] == ["short", "long"] and train["skipped_steps"] == 0
     # Loss falls well below the unigram entropy of the training tokens.
