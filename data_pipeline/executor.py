@@ -154,6 +154,7 @@ def _aggregate(
         order.append("exact_dedup")
     stage_in: Counter = Counter()
     rejected: dict[str, Counter] = defaultdict(Counter)
+    by_language: dict[str, Counter] = defaultdict(Counter)
     examples: dict[str, list] = defaultdict(list)
     pii: Counter = Counter()
     num_in = 0
@@ -162,6 +163,8 @@ def _aggregate(
             stage_in.update(rec["stage_in"])
             for s, c in rec["rejected"].items():
                 rejected[s].update(c)
+            for s, c in rec.get("rejected_by_language", {}).items():  # absent in older done records
+                by_language[s].update(c)
             for k, ex in rec["examples"].items():
                 examples[k].extend(ex[: max(0, cfg.num_example_rejects - len(examples[k]))])
         pii.update(chain[u.stem]["pii"])
@@ -188,6 +191,7 @@ def _aggregate(
         "stage_order": order,
         "stages": stages,
         "pii": dict(sorted(pii.items())),
+        "rejected_by_language": {s: dict(sorted(by_language[s].items())) for s in order if by_language[s]},
         "examples": dict(sorted(examples.items())),
         "num_shards": len(units),
         "skipped_files": [{"path": f.path, "reason": f.reason} for f in skipped],

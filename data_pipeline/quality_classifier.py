@@ -15,7 +15,9 @@ split at the 0.5 threshold, the score quantiles of each class, and the settings.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import random
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +29,6 @@ from pretrain.core.config import check
 from pretrain.core.files import atomic_path, write_json
 from pretrain.core.jsonl import write_jsonl
 
-log = logging.getLogger(__name__)
 POSITIVE, NEGATIVE = "__label__hq", "__label__lq"
 MODEL_FILE, REPORT_FILE = "model.bin", "report.json"
 
@@ -114,7 +115,22 @@ def fasttext_line(text: str) -> str:
 def score(model: Any, text: str) -> float:
     """Probability of the positive class."""
     labels, probs = model.predict(fasttext_line(text), k=2)
-    return float(dict(zip(labels, probs)).get(POSITIVE, 0.0))
+    return min(1.0, float(dict(zip(labels, probs)).get(POSITIVE, 0.0)))  # fastText can return 1.00001
+
+
+def _train_fasttext(data: str, out: str, lr: float, kwargs: dict[str, Any]) -> float:
+    """Train and save; after a NaN ("Encountered NaN", fastText's advice: a lower rate) halve the
+    learning rate, up to three times. Returns the rate used."""
+    fasttext = import_fasttext()
+    for attempt in range(4):
+        try:
+            fasttext.train_supervised(data, lr=lr, **kwargs).save_model(out)
+            return lr
+        except RuntimeError as e:
+            if "NaN" not in str(e) or attempt == 3:
+                raise
+            lr /= 2
+    raise AssertionError("unreachable")
 
 
 def train_quality_model(
@@ -137,21 +153,16 @@ def train_quality_model(
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "train.txt"
         data.write_text("".join(f"{label} {fasttext_line(t)}\n" for label, t in train), encoding="utf-8")
-        lr = cfg.lr
-        for attempt in range(4):
-            try:
-                model = fasttext.train_supervised(
-                    str(data), epoch=cfg.epochs, lr=lr, dim=cfg.dim, wordNgrams=cfg.word_ngrams,
-                    bucket=cfg.buckets, thread=1, seed=cfg.seed, verbose=0,
-                )  # fmt: skip
-                break
-            except RuntimeError as e:  # "Encountered NaN": fastText's advice is a lower learning rate
-                if "NaN" not in str(e) or attempt == 3:
-                    raise
-                log.warning("fastText diverged at lr=%g; retrying at lr=%g", lr, lr / 2)
-                lr /= 2
-    with atomic_path(out / MODEL_FILE) as tmp_model:
-        model.save_model(str(tmp_model))
+        # In a fresh interpreter: fastText's result depends on the process it runs in (in a pytest
+        # worker that had run other test files, the same file gave another model, or diverged).
+        kwargs = dict(epoch=cfg.epochs, dim=cfg.dim, wordNgrams=cfg.word_ngrams, bucket=cfg.buckets,
+                      thread=1, seed=cfg.seed, verbose=0)  # fmt: skip
+        trained = Path(tmp) / MODEL_FILE
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            lr = pool.apply(_train_fasttext, (str(data), str(trained), cfg.lr, kwargs))
+        model = fasttext.load_model(str(trained))
+        with atomic_path(out / MODEL_FILE) as tmp_model:
+            shutil.copyfile(trained, tmp_model)
     pos_scores = sorted(score(model, t) for t in pos[:k])
     neg_scores = sorted(score(model, t) for t in neg[:k])
     tp = sum(s >= 0.5 for s in pos_scores)

@@ -29,6 +29,13 @@ def summary_markdown(stats: dict[str, Any]) -> str:
     if stats.get("skipped_files"):
         lines += ["", "## Skipped input files", "", "| file | why |", "| --- | --- |"]
         lines += [f"| `{f['path']}` | {f['reason']} |" for f in stats["skipped_files"]]
+    if stats.get("rejected_by_language"):
+        lines += ["", "## Rejected per language and rule", "", "| stage | language | reason | documents |",
+                  "| --- | --- | --- | ---: |"]  # fmt: skip
+        for stage, counts in stats["rejected_by_language"].items():
+            for key, n in counts.items():
+                lang, _, reason = key.partition("/")
+                lines.append(f"| {stage} | {lang} | {reason} | {n:,} |")
     if stats.get("quality_model"):
         q = stats["quality_model"]
         lines += ["", "## Quality classifier", "", f"Model `{q['model']}`, threshold {q['threshold']}."]

@@ -64,11 +64,14 @@ class RejectTally:
         self.num_examples = num_examples
         self.stage_in: Counter = Counter()
         self.rejected: dict[str, Counter] = defaultdict(Counter)
+        # stage -> "language/reason" -> count; "und" before the language stage has run
+        self.by_language: dict[str, Counter] = defaultdict(Counter)
         self.examples: dict[str, list] = defaultdict(list)
         self.pii: Counter = Counter()
 
     def reject(self, stage: str, doc: Doc, rej: Reject) -> dict:
         self.rejected[stage][rej.reason] += 1
+        self.by_language[stage][f"{doc.metadata.get('language') or 'und'}/{rej.reason}"] += 1
         ex = self.examples[f"{stage}/{rej.reason}"]
         if len(ex) < self.num_examples:
             ex.append({"id": doc.id, "detail": rej.detail, "text": doc.text[:EXAMPLE_CHARS]})
@@ -78,6 +81,7 @@ class RejectTally:
         return {
             "stage_in": dict(self.stage_in),
             "rejected": {s: dict(c) for s, c in self.rejected.items()},
+            "rejected_by_language": {s: dict(c) for s, c in self.by_language.items()},
             "examples": dict(self.examples),
             "pii": dict(self.pii),
         }

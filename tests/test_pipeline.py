@@ -39,6 +39,22 @@ def test_every_document_accounted_for(run):
     assert on_disk["num_in"] == stats["num_in"] and (run["out"] / "summary.md").exists()
 
 
+def test_rejects_are_counted_per_language_and_rule(run):
+    """The per-language tally adds up to each stage's reasons, and summary.md shows it."""
+    stats = run["stats"]
+    for stage, counts in stats["rejected_by_language"].items():
+        per_reason: dict[str, int] = {}
+        for key, n in counts.items():
+            reason = key.partition("/")[2]
+            per_reason[reason] = per_reason.get(reason, 0) + n
+        assert per_reason == stats["stages"][stage]["reasons"], stage
+    langs = {k.partition("/")[0] for k in stats["rejected_by_language"]["language"]}
+    assert "en" not in langs and len(langs) >= 2  # the non-English planted docs, by their language
+    assert {k.partition("/")[0] for k in stats["rejected_by_language"]["quality"]} == {"en"}
+    summary = (run["out"] / "summary.md").read_text()
+    assert "## Rejected per language and rule" in summary and "| quality | en |" in summary
+
+
 def test_each_planted_case_has_its_expected_fate(run):
     wrong = []
     for doc_id, t in run["truth"].items():
