@@ -108,15 +108,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if only:
         overrides += [f"input.paths={json.dumps(args.input)}", f"output_dir={args.output}"]
         overrides += [f"{s}.enabled={'true' if s == only else 'false'}" for s in ALL_STAGES]
+        if only in STAGE_ORDER:  # a profile may not switch other stages back on
+            overrides.append(f"only_stages=[{only}]")
     cfg = load_pipeline_config(args.config, overrides)
     if args.dry_run:
         print(dump_yaml(cfg), end="")
         units = discover_inputs(cfg.input)
-        stages = [s for s in STAGE_ORDER if getattr(cfg, s).enabled]
-        print(
-            f"# {len(units)} input units; stages: {' -> '.join(['read', *stages])}"
-            f"{' -> exact_dedup' if cfg.exact_dedup.enabled else ''}"
-        )
+        dedup = " -> exact_dedup" if cfg.exact_dedup.enabled else ""
+        print(f"# {len(units)} input units")
+        for profile in cfg.used_profiles():
+            stages = [name for name, _ in cfg.stage_configs(profile)]
+            print(f"# stages ({profile}): {' -> '.join(['read', *stages])}{dedup}")
         return 0
     if args.restart:
         shutil.rmtree(cfg.output_dir, ignore_errors=True)

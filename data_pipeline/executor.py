@@ -17,11 +17,11 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.config import STAGE_ORDER, PipelineConfig
+from data_pipeline.config import PipelineConfig
 from data_pipeline.quality_classifier import REPORT_FILE
 from data_pipeline.readers import InputUnit, SkippedFile, format_skipped, scan_inputs
 from data_pipeline.summary import write_summary
-from data_pipeline.tasks import dedup_partition, finalize_shard, run_chain
+from data_pipeline.tasks import add_examples, dedup_partition, finalize_shard, run_chain
 from pretrain.core.config import config_hash, dump_yaml, to_dict
 from pretrain.core.done import load_done
 from pretrain.core.files import read_json, write_json
@@ -90,7 +90,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     final: dict[str, dict] = {}
     jobs = []
     for n in names:
-        fp = config_hash([dedup_fp, chain[n]["fingerprint"]])
+        fp = config_hash([dedup_fp, chain[n]["fingerprint"], cfg.partition_by_language])
         rec = load_done(out, out / "_work" / "final" / f"{n}.done.json", fp)
         if rec is not None:
             final[n] = rec
@@ -102,7 +102,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     raise_errors(errors, "finalize")
     progress.stop()
 
-    _remove_stale(out, names)
+    _remove_stale(out, names, {e["path"] for n in names for e in final[n]["shards"]})
     stats = _aggregate(cfg, units, scan.skipped, chain, final, time.perf_counter() - t_start)
     write_json(out / "stats.json", stats)
     write_manifest(
@@ -110,12 +110,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         config_hash=chain_id,
         shards=[
             {
-                **final[u.stem]["shard"],
+                **entry,
                 "input": u.relpath,
                 "input_fingerprint": chain[u.stem]["fingerprint"]["input"],
                 "config_hash": chain_id,
             }
             for u in units
+            for entry in final[u.stem]["shards"]
         ],
         rejects=[chain[u.stem]["rejects"] for u in units] + [final[u.stem]["rejects"] for u in units],
     )
@@ -128,13 +129,16 @@ def _dir_fingerprint(path: str) -> dict:
     return {"files": [[f.name, *file_fingerprint(f).values()] for f in files]}
 
 
-def _remove_stale(out: Path, names: list[str]) -> None:
-    """Drop outputs of inputs no longer in the run and temp files of killed tasks."""
-    keep = {f"shards/{n}.parquet" for n in names}
+def _remove_stale(out: Path, names: list[str], shards: set[str]) -> None:
+    """Drop outputs of inputs (or languages) no longer in the run and temp files of killed tasks."""
+    keep = {f"shards/{s}" for s in shards}
     keep |= {f"rejects/{n}{suffix}.parquet" for n in names for suffix in ("", ".exact_dedup")}
     for sub in ("shards", "rejects"):
-        for f in (out / sub).glob("*"):
-            if f"{sub}/{f.name}" not in keep:
+        for f in sorted((out / sub).rglob("*"), reverse=True):  # files before their folders
+            if f.is_dir():
+                if not any(f.iterdir()):
+                    f.rmdir()
+            elif f.relative_to(out).as_posix() not in keep:
                 f.unlink()
     for f in (out / "_work").rglob(".*.tmp"):
         f.unlink()
@@ -149,7 +153,7 @@ def _aggregate(
     seconds: float,
 ) -> dict:
     stages: dict[str, dict] = {}
-    order = ["read", *[n for n in STAGE_ORDER if getattr(cfg, n).enabled]]
+    order = ["read", *cfg.enabled_stages()]
     if cfg.exact_dedup.enabled:
         order.append("exact_dedup")
     stage_in: Counter = Counter()
@@ -166,7 +170,7 @@ def _aggregate(
             for s, c in rec.get("rejected_by_language", {}).items():  # absent in older done records
                 by_language[s].update(c)
             for k, ex in rec["examples"].items():
-                examples[k].extend(ex[: max(0, cfg.num_example_rejects - len(examples[k]))])
+                add_examples(examples[k], ex, cfg.num_example_rejects)
         pii.update(chain[u.stem]["pii"])
         num_in += chain[u.stem]["num_in"]
     stage_in["read"] = num_in
@@ -193,7 +197,8 @@ def _aggregate(
         "pii": dict(sorted(pii.items())),
         "rejected_by_language": {s: dict(sorted(by_language[s].items())) for s in order if by_language[s]},
         "examples": dict(sorted(examples.items())),
-        "num_shards": len(units),
+        "num_shards": sum(len(final[u.stem]["shards"]) for u in units),
+        "source_profiles": dict(cfg.source_profiles),
         "skipped_files": [{"path": f.path, "reason": f.reason} for f in skipped],
         "seconds": round(seconds, 3),
         "docs_per_second": round(num_in / seconds, 1) if seconds else None,

@@ -31,7 +31,7 @@ def read_outputs(run_dir: str | Path) -> tuple[dict[str, dict], dict[str, dict]]
     kept: dict[str, dict] = {}
     rejected: dict[str, dict] = {}
     for sub, target in (("shards", kept), ("rejects", rejected)):
-        for f in sorted((run_dir / sub).glob("*.parquet")):
+        for f in sorted((run_dir / sub).rglob("*.parquet")):
             for row in pq.read_table(f).to_pylist():
                 if row["id"] in kept or row["id"] in rejected:
                     raise ValueError(f"document {row['id']} written twice (second time in {f})")

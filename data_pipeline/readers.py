@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from data_pipeline.document import Doc, Reject
 from pretrain.core.config import check
-from pretrain.core.shards import list_shards
+from pretrain.core.shards import list_shards, shard_relpath
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def scan_inputs(cfg: InputConfig) -> InputScan:
         spec_path = Path(spec)
         if spec_path.is_dir() and (spec_path / "manifest.json").exists() and (spec_path / "shards").is_dir():
             for shard in list_shards(spec_path):
-                rel = f"shards/{shard.name}"
+                rel = f"shards/{shard_relpath(spec_path, shard)}"
                 units[str(shard)] = InputUnit(str(shard), rel, "shards", _safe_name(shard.stem))
             continue
         if spec_path.is_dir():

@@ -22,7 +22,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pretrain.core.files import write_json
-from pretrain.core.shards import DOC_SCHEMA, list_shards, read_table, write_manifest, write_table
+from pretrain.core.shards import (
+    DOC_SCHEMA,
+    list_shards,
+    read_table,
+    shard_relpath,
+    write_manifest,
+    write_table,
+)
 
 
 def _rank_key(seed: int, doc_id: str) -> bytes:
@@ -68,9 +75,9 @@ def split_heldout(
         table = read_table(path).select(DOC_SCHEMA.names).cast(DOC_SCHEMA)
         mask = pc.is_in(table["id"], value_set=held_arr)
         for side, part in (("heldout", table.filter(mask)), ("train", table.filter(pc.invert(mask)))):
-            (out / side / "shards").mkdir(parents=True, exist_ok=True)
-            entry = write_table(out / side / "shards" / path.name, part, DOC_SCHEMA)
-            entries[side].append({**entry, "input": path.name})
+            rel = shard_relpath(inp, path)  # keeps language folders (lang=xx/)
+            entry = write_table(out / side / "shards" / rel, part, DOC_SCHEMA)
+            entries[side].append({**entry, "path": rel, "input": rel})
             counts[side].update(part["source"].to_pylist())
         counts["in"].update(table["source"].to_pylist())
     stats = {

@@ -1,7 +1,7 @@
 """Per-run summary: a rich table on the console and summary.md beside the shards.
 
 Counts per stage and reason (in = kept + rejected), the input files skipped and why, a few example
-rejects per reason, PII counts per type and throughput.
+rejects per reason and language, the source profiles, PII counts per type and throughput.
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ def summary_markdown(stats: dict[str, Any]) -> str:
     if stats.get("skipped_files"):
         lines += ["", "## Skipped input files", "", "| file | why |", "| --- | --- |"]
         lines += [f"| `{f['path']}` | {f['reason']} |" for f in stats["skipped_files"]]
+    if stats.get("source_profiles"):
+        lines += ["", "## Source profiles", "", "| source | profile |", "| --- | --- |"]
+        lines += [f"| `{src}` | {p} |" for src, p in stats["source_profiles"].items()]
+        lines.append("Other sources: prose.")
     if stats.get("rejected_by_language"):
         lines += ["", "## Rejected per language and rule", "", "| stage | language | reason | documents |",
                   "| --- | --- | --- | ---: |"]  # fmt: skip
@@ -51,7 +55,8 @@ def summary_markdown(stats: dict[str, Any]) -> str:
             lines.append(f"### {key}")
             for ex in exs:
                 snippet = ex["text"].replace("\n", " ").replace("|", "\\|")[:120]
-                lines.append(f"- `{ex['id']}` ({ex['detail'][:100]}): {snippet}")
+                lang = f"[{ex['language']}] " if "language" in ex else ""
+                lines.append(f"- {lang}`{ex['id']}` ({ex['detail'][:100]}): {snippet}")
             lines.append("")
     return "\n".join(lines) + "\n"
 

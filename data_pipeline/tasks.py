@@ -11,6 +11,7 @@ Each task ends by writing a `.done.json` record; a rerun skips tasks whose recor
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -41,12 +42,35 @@ EXAMPLE_CHARS = 160
 _STAGE_CACHE: dict[str, list] = {}  # Ray reuses worker processes: build models once per process
 
 
-def _build_stages(cfg) -> list:
+def _build_stages(cfg) -> dict[str, list]:
+    """Per profile, its chain of built stages (cached per process and config)."""
     key = config_hash(cfg.chain_identity())
     if key not in _STAGE_CACHE:
         _STAGE_CACHE.clear()
-        _STAGE_CACHE[key] = [(name, stage_cfg.build()) for name, stage_cfg in cfg.stage_configs()]
+        _STAGE_CACHE[key] = {
+            p: [(name, stage_cfg.build()) for name, stage_cfg in cfg.stage_configs(p)]
+            for p in cfg.used_profiles()
+        }
     return _STAGE_CACHE[key]
+
+
+def run_stages(stages: list, batch: list[tuple[int, Doc]], tally: RejectTally) -> tuple[list, list]:
+    """Run `batch` ((ordinal, doc) pairs) through `stages`; returns (kept pairs, reject rows)."""
+    docs = [d for _, d in batch]
+    ords = [o for o, _ in batch]
+    rej_rows = []
+    for name, stage in stages:
+        tally.stage_in[name] += len(docs)
+        results = stage.process_batch(docs) if docs else []
+        keep_docs, keep_ords = [], []
+        for o, doc, res in zip(ords, docs, results):
+            if isinstance(res, Reject):
+                rej_rows.append(tally.reject(name, doc, res))
+            else:
+                keep_docs.append(res)
+                keep_ords.append(o)
+        docs, ords = keep_docs, keep_ords
+    return list(zip(ords, docs)), rej_rows
 
 
 def text_hash(text: str) -> bytes:
@@ -57,8 +81,15 @@ def partition_of(h: bytes, num_partitions: int) -> int:
     return int.from_bytes(h[:8], "big") % num_partitions
 
 
+def doc_language(metadata: dict) -> str:
+    """The language a document is counted and partitioned under: metadata.language, else its profile
+    (a profile without a language stage, e.g. `code`), else `und` (not identified)."""
+    return metadata.get("language") or metadata.get("profile") or "und"
+
+
 class RejectTally:
-    """Counts per stage and reason, plus a few example rejects per reason."""
+    """Counts per stage and reason (in all and per language), plus a few example rejects per reason
+    and language."""
 
     def __init__(self, num_examples: int):
         self.num_examples = num_examples
@@ -70,11 +101,11 @@ class RejectTally:
         self.pii: Counter = Counter()
 
     def reject(self, stage: str, doc: Doc, rej: Reject) -> dict:
+        lang = doc_language(doc.metadata)
         self.rejected[stage][rej.reason] += 1
-        self.by_language[stage][f"{doc.metadata.get('language') or 'und'}/{rej.reason}"] += 1
-        ex = self.examples[f"{stage}/{rej.reason}"]
-        if len(ex) < self.num_examples:
-            ex.append({"id": doc.id, "detail": rej.detail, "text": doc.text[:EXAMPLE_CHARS]})
+        self.by_language[stage][f"{lang}/{rej.reason}"] += 1
+        example = {"id": doc.id, "language": lang, "detail": rej.detail, "text": doc.text[:EXAMPLE_CHARS]}
+        add_examples(self.examples[f"{stage}/{rej.reason}"], [example], self.num_examples)
         return doc.to_row() | {"stage": stage, "reason": rej.reason, "detail": rej.detail}
 
     def as_dict(self) -> dict:
@@ -85,6 +116,16 @@ class RejectTally:
             "examples": dict(self.examples),
             "pii": dict(self.pii),
         }
+
+
+def add_examples(dst: list[dict], src: list[dict], per_language: int) -> None:
+    """Append the examples of `src` to `dst` while their language has fewer than `per_language`."""
+    have = Counter(e.get("language", "und") for e in dst)
+    for e in src:
+        lang = e.get("language", "und")
+        if have[lang] < per_language:
+            dst.append(e)
+            have[lang] += 1
 
 
 def run_chain(unit: InputUnit, cfg, out_dir: str, fingerprint: dict) -> dict[str, Any]:
@@ -103,22 +144,20 @@ def run_chain(unit: InputUnit, cfg, out_dir: str, fingerprint: dict) -> dict[str
 
         def flush() -> None:
             nonlocal num_kept
-            docs = [d for _, d in batch]
-            ords = [o for o, _ in batch]
-            rej_rows = []
-            for name, stage in stages:
-                tally.stage_in[name] += len(docs)
-                results = stage.process_batch(docs)
-                keep_docs, keep_ords = [], []
-                for o, doc, res in zip(ords, docs, results):
-                    if isinstance(res, Reject):
-                        rej_rows.append(tally.reject(name, doc, res))
-                    else:
-                        keep_docs.append(res)
-                        keep_ords.append(o)
-                docs, ords = keep_docs, keep_ords
+            groups: dict[str, list] = defaultdict(list)
+            for o, doc in batch:
+                profile = cfg.profile_of(doc.source)
+                if profile != "prose":
+                    doc.metadata["profile"] = profile
+                groups[profile].append((o, doc))
+            kept, rej_rows = [], []
+            for profile, group in groups.items():
+                k, r = run_stages(stages[profile], group, tally)
+                kept += k
+                rej_rows += r
+            kept.sort(key=lambda od: od[0])  # input order, whatever the profiles
             rows = []
-            for o, doc in zip(ords, docs):
+            for o, doc in kept:
                 for k, v in (doc.metadata.get("pii") or {}).items():
                     tally.pii[k] += v
                 rows.append(doc.to_row() | {"_ord": o})
@@ -270,7 +309,7 @@ def filter_unit(
     out: Path,
     shard_path: Path,
     reject_path: Path,
-    done_path: Path,
+    done_path: Path | None,
     stage: str,
     drop: dict[int, tuple[Reject, dict]],
     tally: RejectTally,
@@ -279,7 +318,8 @@ def filter_unit(
     count_in: bool = True,
 ) -> dict[str, Any]:
     """The last step of a dedup stage for one unit: `filter_shard`, then the unit's done record
-    (counts, shard and reject entries, the tally, output sizes for resume) written to `done_path`.
+    (counts, shard and reject entries, the tally, output sizes for resume) written to `done_path`
+    (None: the caller writes it).
     `count_in` False leaves `stage` out of the tally's stage_in (a disabled step)."""
     shard_entry, rej_entry, num_in = filter_shard(
         src, shard_path, reject_path, stage, drop, tally, batch_rows, key_column
@@ -297,12 +337,14 @@ def filter_unit(
         "outputs": output_sizes(out, shard_path, reject_path),
         **tally.as_dict(),
     }
-    write_json(done_path, record)
+    if done_path is not None:
+        write_json(done_path, record)
     return record
 
 
 def finalize_shard(unit_name: str, cfg, out_dir: str, fingerprint: str) -> dict[str, Any]:
-    """Write shards/<unit>.parquet: the chain output minus exact duplicates (rejected with survivor)."""
+    """Write shards/<unit>.parquet: the chain output minus exact duplicates (rejected with survivor);
+    with `partition_by_language`, shards/lang=xx/<unit>.xx.parquet, one per language present."""
     t0 = time.perf_counter()
     out = Path(out_dir)
     dup_of: dict[int, str] = {}
@@ -314,15 +356,19 @@ def finalize_shard(unit_name: str, cfg, out_dir: str, fingerprint: str) -> dict[
             dup_of.update(zip(t.column("ord").to_pylist(), t.column("survivor_id").to_pylist()))
     tally = RejectTally(cfg.num_example_rejects)
     drop = {o: (Reject("exact_duplicate", sid), {"duplicate_of": sid}) for o, sid in dup_of.items()}
-    return filter_unit(
+    partition = cfg.partition_by_language
+    shard_path = out / ("_work/final" if partition else "shards") / f"{unit_name}.parquet"
+    reject_path = out / "rejects" / f"{unit_name}.exact_dedup.parquet"
+    done_path = out / "_work" / "final" / f"{unit_name}.done.json"
+    record = filter_unit(
         unit_name,
         fingerprint,
         t0,
         out / "_work" / "chain" / f"{unit_name}.parquet",
         out,
-        out / "shards" / f"{unit_name}.parquet",
-        out / "rejects" / f"{unit_name}.exact_dedup.parquet",
-        out / "_work" / "final" / f"{unit_name}.done.json",
+        shard_path,
+        reject_path,
+        None,
         "exact_dedup",
         drop,
         tally,
@@ -330,3 +376,41 @@ def finalize_shard(unit_name: str, cfg, out_dir: str, fingerprint: str) -> dict[
         key_column="_ord",
         count_in=cfg.exact_dedup.enabled,
     )
+    entry = record.pop("shard")
+    if partition:
+        record["shards"], paths = split_by_language(shard_path, out / "shards", unit_name, cfg.batch_rows)
+        shard_path.unlink()
+        record["outputs"] = output_sizes(out, *paths, reject_path)
+    else:
+        record["shards"] = [entry]
+    write_json(done_path, record)
+    return record
+
+
+def partition_dir(language: str) -> str:
+    return f"lang={language}"
+
+
+def split_by_language(
+    src: Path, shards_dir: Path, unit: str, batch_rows: int
+) -> tuple[list[dict], list[Path]]:
+    """Split document shard `src` into `shards_dir/lang=xx/<unit>.xx.parquet` (row order kept within
+    each); returns their manifest entries (paths relative to shards_dir) and paths."""
+    writers: dict[str, ShardWriter] = {}
+    try:
+        for batch in pq.ParquetFile(src).iter_batches(batch_size=batch_rows):
+            table = pa.Table.from_batches([batch])
+            langs = [doc_language(json.loads(m) if m else {}) for m in table.column("metadata").to_pylist()]
+            for lang in sorted(set(langs)):
+                if lang not in writers:
+                    writers[lang] = ShardWriter(shards_dir / partition_dir(lang) / f"{unit}.{lang}.parquet")
+                writers[lang].write_table(table.filter(pa.array([x == lang for x in langs])))
+        entries = []
+        for lang in sorted(writers):
+            entry = writers[lang].close()
+            entries.append(entry | {"path": f"{partition_dir(lang)}/{entry['path']}", "language": lang})
+        return entries, [writers[lang].path for lang in sorted(writers)]
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise

@@ -30,6 +30,8 @@ EXPECTED_COUNTS = {
     - corpus.NUM_MOJIBAKE
     - corpus.NUM_CLEAN_TRICKY,
     "clean_tricky": 10,
+    "code": 13,  # stdlib modules the code profile keeps
+    "code_rejected": 3,  # a generated codec table, a data-only module, a minified module
     "empty": 5,
     "exact_dup": 20,
     "exact_dup_normalized": 10,
@@ -100,12 +102,13 @@ def records(dirs: dict[str, Path]) -> dict[str, object]:
 
     raw = dirs["a"] / "raw"
     out: dict[str, object] = {}
-    for path in sorted((raw / "web").iterdir()):
+    for path in [*sorted((raw / "web").iterdir()), raw / "code" / "part-00000.jsonl"]:
         for line_no, line in enumerate(_jsonl_lines(path), start=1):
+            key = f"{path.parent.name}/{path.name}:{line_no}"
             try:
-                out[f"web/{path.name}:{line_no}"] = json.loads(line.decode("utf-8"))
+                out[key] = json.loads(line.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError):
-                out[f"web/{path.name}:{line_no}"] = line
+                out[key] = line
     for row, rec in enumerate(pq.read_table(raw / "books" / "part-00000.parquet").to_pylist()):
         out[f"books/part-00000.parquet#{row}"] = rec
     for path in sorted((raw / "notes").iterdir()):
@@ -153,7 +156,9 @@ def test_same_seed_gives_identical_files_other_seed_differs(dirs: dict[str, Path
         }
 
     a, b, c = hashes(dirs["a"]), hashes(dirs["b"]), hashes(dirs["c"])
-    assert len(a) == 2 + 8 + 1 + corpus.NUM_NOTES + 1  # truth + corpus.json, web, books, notes, crawl
+    assert (
+        len(a) == 2 + 8 + 1 + corpus.NUM_NOTES + 1 + 1
+    )  # truth + corpus.json, web, books, notes, crawl, code
     assert a == b
     assert a.keys() == c.keys()
     differing = sorted(k for k in a if a[k] != c[k])
@@ -204,6 +209,10 @@ def test_expected_fates(truth: list[dict]) -> None:
             assert row["expect"] == FIXED_FATES[row["category"]], row
         elif row["category"] == "junk":
             assert row["expect"]["stage"] == "quality" and row["expect"]["reason"], row
+        elif row["category"] == "code_rejected":
+            assert row["expect"]["stage"] == "code_quality" and row["expect"]["reason"].startswith("code_"), (
+                row
+            )
         else:
             assert row["expect"] == "kept", row
     junk_kinds = Counter(r["junk_kind"] for r in truth if r["category"] == "junk")
@@ -375,7 +384,7 @@ def test_fates_hold_against_default_filters_and_langid(truth: list[dict], record
     for row in truth:
         if row["category"] in FIXED_FATES and row["category"] not in ("toxic", "non_english"):
             continue
-        if row.get("html"):
+        if row.get("html") or row["source"] == "code":  # code: the code profile, not the prose rules
             continue
         text = _text(records, row["id"])
         if row["category"] == "mojibake":

@@ -425,7 +425,8 @@ def test_make_tasks_is_deterministic_and_well_formed(run, tmp_path):
     assert sorted(tasks) == ["heldout_cloze", "heldout_next_sentence"]
     completions = [json.loads(x) for x in (a["heldout_complete"] / "test.jsonl").read_text().splitlines()]
     assert len(completions) >= 20 and all(
-        any(d["context"] + " " + d["answer"] in " ".join(t["text"].split()) for t in docs) for d in completions
+        any(d["context"] + " " + d["answer"] in " ".join(t["text"].split()) for t in docs)
+        for d in completions
     )
     flat = {" ".join(d["text"].split()) for d in docs}
     for task in tasks.values():

@@ -162,7 +162,10 @@ POSITIVES: dict[str, list[str | tuple[str, str]]] = {
         # Formats of detect-secrets' plugins (the patterns come from the scanner itself).
         "glpat-Ab3dEf6hIj9kLm2nOp5q",
         "https://hooks.slack.com/services/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",
-        ("https://alice:S3cr3tPw@git.example.com/repo.git", "https://alice:<SECRET>@git.example.com/repo.git"),
+        (
+            "https://alice:S3cr3tPw@git.example.com/repo.git",
+            "https://alice:<SECRET>@git.example.com/repo.git",
+        ),
         "SG." + "Ab3dEf6hIj9kLm2nOp5qRs" + "." + ("Tu8vWx1yZa4bCd7eFg0hIj3kLm6nOp9qRs2tUv5wXy8zA1b" * 2)[:43],
         "pypi-AgEIcHlwaS5vcmc" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb3dEf6hI",
         "sq0csp-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb3dEf6hIj9",

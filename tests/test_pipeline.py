@@ -27,14 +27,20 @@ def test_every_document_accounted_for(run):
     assert stats["num_in"] == len(truth)
     assert set(run["kept"]) | set(run["rejected"]) == set(truth)
     assert stats["num_kept"] == len(run["kept"]) and stats["num_rejected"] == len(run["rejected"])
-    prev_kept = None
+    # Each stage sees exactly what the stages before it kept, among the profiles that run it: the
+    # code source (profile `code`) skips language, quality and toxicity, prose skips code_quality.
+    cfg = pipeline_config(run["out"], run["out"])
+    runs = {p: {"read", *(n for n, _ in cfg.stage_configs(p)), "exact_dedup"} for p in cfg.used_profiles()}
+    alive = Counter(cfg.profile_of(t["source"]) for t in truth.values())
+    gone = Counter((r["stage"], cfg.profile_of(r["source"])) for r in run["rejected"].values())
+    assert set(alive) == {"prose", "code"}
     for name, s in stats["stages"].items():
         assert s["in"] == s["kept"] + s["rejected"], name
         assert s["rejected"] == sum(s["reasons"].values()), name
-        if prev_kept is not None:
-            assert s["in"] == prev_kept, f"{name} saw {s['in']} docs, previous stage kept {prev_kept}"
-        prev_kept = s["kept"]
-    assert prev_kept == stats["num_kept"]
+        assert s["in"] == sum(n for p, n in alive.items() if name in runs[p]), name
+        for p in alive:
+            alive[p] -= gone[name, p]
+    assert sum(alive.values()) == stats["num_kept"]
     on_disk = json.loads((run["out"] / "stats.json").read_text())
     assert on_disk["num_in"] == stats["num_in"] and (run["out"] / "summary.md").exists()
 
@@ -127,7 +133,9 @@ def test_single_stage_commands_chain_over_stage_dirs(run, tiny_corpus, tmp_path,
     stats = json.loads((norm / "stats.json").read_text())
     assert stats["stage_order"] == ["read", "normalize"]
     assert stats["stages"]["normalize"]["reasons"] == {"empty": 5, "too_long": 2}
-    assert cli_main(["quality", "--input", str(norm), "--output", str(qual), "progress=false"]) == 0
+    # the code source keeps its profile: the prose rules of `quality` do not apply to it
+    profiles = "source_profiles={code: code}"
+    assert cli_main(["quality", "--input", str(norm), "--output", str(qual), "progress=false", profiles]) == 0
     qstats = json.loads((qual / "stats.json").read_text())
     assert qstats["stage_order"] == ["read", "quality"]
     assert qstats["num_in"] == stats["num_kept"]
@@ -196,10 +204,11 @@ def test_dry_run_prints_config_and_plan(tiny_corpus, capsys):
     )
     out = capsys.readouterr().out
     assert "c4:\n    enabled: false" in out
+    assert "# 12 input units\n" in out
     assert (
-        "# 11 input units; stages: read -> normalize -> language -> quality -> pii -> toxicity -> exact_dedup"
-        in out
+        "# stages (prose): read -> normalize -> language -> quality -> pii -> toxicity -> exact_dedup" in out
     )
+    assert "# stages (code): read -> normalize -> code_quality -> pii -> exact_dedup" in out
     assert cli_main(["run", "language.min_score=7", "--dry-run"]) == 2
     assert "language.min_score=7" in capsys.readouterr().err
 

@@ -154,7 +154,10 @@ def test_rerun_skips_and_from_redoes_a_stage(small_reference, tmp_path):
     assert res.stdout.count("up to date") == len(JOBS), res.stdout
     before = (run_dir / "tokenizer" / "tokenizer.json").stat().st_mtime_ns
     res = _run(run_dir, *SMALL, "--from", "eval")
-    assert f"[{JOBS.index('eval') + 1}/{len(JOBS)}] eval: running" in res.stdout and "train: up to date" in res.stdout
+    assert (
+        f"[{JOBS.index('eval') + 1}/{len(JOBS)}] eval: running" in res.stdout
+        and "train: up to date" in res.stdout
+    )
     assert (run_dir / "tokenizer" / "tokenizer.json").stat().st_mtime_ns == before
     # A changed config section restarts that stage and everything downstream of it.
     res = _run(run_dir, *SMALL, "eval.max_docs_per_source=3")
@@ -187,7 +190,7 @@ def test_default_run_smoke(tmp_path):
     res = _run(run_dir, timeout=1500)
     facts = json.loads((run_dir / "report" / "facts.json").read_text())
     docs = facts["documents"]
-    assert docs["docs_in"] == 800  # the generated corpus
+    assert docs["docs_in"] == 816  # the generated corpus: 800 prose documents and 16 Python files
     assert docs["docs_after_data"] + docs["docs_rejected_data"] == docs["docs_in"]
     assert docs["docs_after_minhash"] + docs["docs_rejected_minhash"] == docs["docs_after_data"]
     assert docs["docs_train"] + docs["docs_heldout"] == docs["docs_after_minhash"]
@@ -198,7 +201,13 @@ def test_default_run_smoke(tmp_path):
     report = json.loads((run_dir / "quality_model" / "report.json").read_text())
     assert report["num_heldout"] > 0 and 0 <= report["precision"] <= 1
     kept, _ = read_outputs(run_dir / "data")
-    assert kept and all(0 <= d["metadata"]["quality_score"] <= 1 for d in kept.values())
+    prose = [d for d in kept.values() if d["source"] != "code"]
+    assert prose and all(0 <= d["metadata"]["quality_score"] <= 1 for d in prose)
+    # the code source went through the code profile (no prose classifier) into its own partition
+    code = [d for d in kept.values() if d["source"] == "code"]
+    assert len(code) == 13 and all(d["metadata"]["profile"] == "code" for d in code)
+    shard_dirs = {p.parent.name for p in (run_dir / "data" / "shards").rglob("*.parquet")}
+    assert shard_dirs == {"lang=en", "lang=code"}
     assert "## Quality classifier" in (run_dir / "data" / "summary.md").read_text()
     assert {"heldout_complete"} <= set(facts["eval"]["tasks"])  # the generation task ran too
     train = facts["train"]

@@ -29,7 +29,7 @@ from pretrain.core.files import write_json
 from pretrain.core.hashing import file_fingerprint, sha256_file
 from pretrain.core.progress import Progress
 from pretrain.core.runner import maybe_crash, raise_errors, run_tasks
-from pretrain.core.shards import iter_batches, list_shards, read_manifest
+from pretrain.core.shards import iter_batches, list_shards, read_manifest, shard_relpath
 from pretrain.core.token_shards import token_dtype, write_token_manifest, write_token_shard
 from pretrain.core.tokenizer_file import BPETokenizer, load_tokenizer
 from tokenizer.config import TokenizerEncodeConfig
@@ -110,8 +110,9 @@ def encode_shard(
 def _input_fingerprints(inp: Path, shards: list[Path]) -> dict[str, Any]:
     """Per document shard: its sha256 from the input manifest, else its size and mtime."""
     by_name = {e["path"]: e.get("sha256") for e in read_manifest(inp).get("shards", [])}
+    rels = {p: shard_relpath(inp, p) for p in shards}
     return {
-        p.stem: {"sha256": by_name[p.name]} if by_name.get(p.name) else file_fingerprint(p) for p in shards
+        p.stem: {"sha256": by_name[rels[p]]} if by_name.get(rels[p]) else file_fingerprint(p) for p in shards
     }
 
 

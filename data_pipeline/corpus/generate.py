@@ -19,6 +19,7 @@ from typing import Any
 from data_pipeline.corpus.base_texts import base_texts
 from data_pipeline.corpus.checks import kept_unchanged
 from data_pipeline.corpus.clean_tricky import plant_clean_tricky
+from data_pipeline.corpus.code import plant_code
 from data_pipeline.corpus.empty_giant import plant_empty, plant_giant
 from data_pipeline.corpus.exact_dup import plant_exact_duplicates
 from data_pipeline.corpus.junk import plant_junk
@@ -133,6 +134,7 @@ def _plant_all(base: list[tuple[str, str]], rng: random.Random) -> list[Planted]
     plant_unreadable(b)
     plant_empty(b)
     plant_giant(b, [t for _, t in base])
+    plant_code(b)  # stdlib Python files for the `code` profile (no RNG: the order above is unchanged)
     return b.docs
 
 

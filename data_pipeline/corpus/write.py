@@ -1,5 +1,6 @@
 """Write the planted documents as the raw sources the pipeline reads: books (Parquet), notes
-(.txt), crawl (WARC) and web (JSONL, .jsonl.gz, .jsonl.zst), and give each its pipeline id.
+(.txt), crawl (WARC), code (JSONL) and web (JSONL, .jsonl.gz, .jsonl.zst), and give each its
+pipeline id.
 """
 
 from __future__ import annotations
@@ -57,6 +58,13 @@ def write_files(raw: Path, docs: list[Planted], rng: random.Random) -> None:
     for k, doc in enumerate(pages):
         doc.doc_id = f"crawl/crawl-00000.warc.gz#{k}"
     write_warc(raw / "crawl" / "crawl-00000.warc.gz", pages, rng)
+
+    code = [d for d in docs if d.source == "code"]
+    if code:
+        (raw / "code").mkdir()
+        for line, doc in enumerate(code, start=1):
+            doc.doc_id, doc.source_id = f"code/part-00000.jsonl:{line}", f"code-{line - 1:05d}"
+        (raw / "code" / "part-00000.jsonl").write_bytes(b"".join(raw_line(d) + b"\n" for d in code))
 
     (raw / "web").mkdir()
     shards = layout_web([d for d in docs if d.source == "web"], rng)

@@ -21,6 +21,7 @@ from data_pipeline.minhash import steps
 from data_pipeline.minhash.components import components
 from data_pipeline.minhash.lsh import choose_bands_rows, format_s_curve
 from data_pipeline.summary import write_summary
+from data_pipeline.tasks import add_examples
 from pretrain.core.config import check, config_hash, dump_yaml, load_config, to_dict
 from pretrain.core.done import load_done
 from pretrain.core.files import read_json, write_json
@@ -28,7 +29,7 @@ from pretrain.core.hashing import file_fingerprint
 from pretrain.core.progress import Progress
 from pretrain.core.runner import ensure_ray, raise_errors, run_tasks
 from pretrain.core.sections import TaskConfig
-from pretrain.core.shards import list_shards, write_manifest
+from pretrain.core.shards import list_shards, shard_relpath, write_manifest
 
 
 @dataclass
@@ -120,6 +121,7 @@ def run_minhash_dedup(cfg: MinHashRunConfig) -> dict[str, Any]:
     (out / "config.yaml").write_text(dump_yaml(cfg))
     work = out / "_work" / "minhash"
     names = [s.stem for s in shards]
+    rels = [shard_relpath(inp, s) for s in shards]  # outputs keep the input's folders (lang=xx/)
     progress = Progress(enabled=cfg.progress)
     if cfg.progress:
         print(f"MinHash: {mh.num_perm} permutations, {bands} bands x {rows} rows, threshold {mh.threshold}")
@@ -211,6 +213,7 @@ def run_minhash_dedup(cfg: MinHashRunConfig) -> dict[str, Any]:
                 config_hash([sfp, sig_fp[n]]),
                 (
                     str(s),
+                    rel,
                     i,
                     P,
                     cfg.batch_rows,
@@ -219,15 +222,18 @@ def run_minhash_dedup(cfg: MinHashRunConfig) -> dict[str, Any]:
                     config_hash([sfp, sig_fp[n]]),
                 ),
             )
-            for i, (n, s) in enumerate(zip(names, shards))
+            for i, (n, s, rel) in enumerate(zip(names, shards, rels))
         ],
     )
     progress.stop()
 
-    keep = {f"{n}.parquet" for n in names}
+    keep = {f"shards/{r}" for r in rels} | {f"rejects/{n}.parquet" for n in names}
     for sub in ("shards", "rejects"):
-        for f in (out / sub).glob("*"):
-            if f.name not in keep:
+        for f in sorted((out / sub).rglob("*"), reverse=True):  # files before their folders
+            if f.is_dir():
+                if not any(f.iterdir()):
+                    f.rmdir()
+            elif f.relative_to(out).as_posix() not in keep:
                 f.unlink()
     sizes: Counter = Counter()
     for rec in surv.values():
@@ -235,7 +241,7 @@ def run_minhash_dedup(cfg: MinHashRunConfig) -> dict[str, Any]:
     examples: dict[str, list] = {}
     for n in names:
         for k, ex in final[n]["examples"].items():
-            examples.setdefault(k, []).extend(ex[: cfg.num_example_rejects - len(examples.get(k, []))])
+            add_examples(examples.setdefault(k, []), ex, cfg.num_example_rejects)
     num_in = sum(final[n]["num_in"] for n in names)
     num_kept = sum(final[n]["num_kept"] for n in names)
     upstream = read_json(inp / "stats.json") if (inp / "stats.json").exists() else {}
@@ -281,7 +287,10 @@ def run_minhash_dedup(cfg: MinHashRunConfig) -> dict[str, Any]:
     write_manifest(
         out,
         config_hash=sfp,
-        shards=[{**final[n]["shard"], "input": str(s), "config_hash": sfp} for n, s in zip(names, shards)],
+        shards=[
+            {**final[n]["shard"], "path": rel, "input": str(s), "config_hash": sfp}
+            for n, s, rel in zip(names, shards, rels)
+        ],
         rejects=[final[n]["rejects"] for n in names],
     )
     write_summary(out, stats, print_table=cfg.progress)

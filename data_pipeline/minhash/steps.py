@@ -293,6 +293,7 @@ def survivor_partition(q: int, num_partitions: int, survivor: str, out_dir: str,
 
 def finalize_shard(
     src_shard: str,
+    rel: str,
     shard_index: int,
     num_partitions: int,
     batch_rows: int,
@@ -328,7 +329,7 @@ def finalize_shard(
         t0,
         Path(src_shard),
         out,
-        out / "shards" / f"{name}.parquet",
+        out / "shards" / rel,
         out / "rejects" / f"{name}.parquet",
         work / "final" / f"{name}.done.json",
         "minhash_dedup",

@@ -241,7 +241,9 @@ _IIN_RANGES: tuple[tuple[str, str, str, tuple[int, ...]], ...] = (
 
 def _card_prefix_ok(d: str) -> bool:
     """The number starts with a known brand's IIN and has a length that brand issues."""
-    return any(first <= d[: len(first)] <= last and len(d) in lengths for _, first, last, lengths in _IIN_RANGES)
+    return any(
+        first <= d[: len(first)] <= last and len(d) in lengths for _, first, last, lengths in _IIN_RANGES
+    )
 
 
 def _is_card(text: str) -> bool:
@@ -262,6 +264,8 @@ def _card_span(m: re.Match) -> Span | None:
 
 # --- IBAN ----------------------------------------------------------------------------------------
 _IBAN = re.compile(r"[A-Z][A-Z][0-9][0-9](?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])", _A)
+
+
 def _iban_span(m: re.Match) -> Span | None:
     """The longest prefix of the match, ending on a group boundary, that python-stdnum accepts as an
     IBAN (registry country and length, BBAN format, mod-97): the match may run on into a following

@@ -230,7 +230,9 @@ class QualityFilter(Stage):
                     if name == "gopher_quality" and "stop_words" in rules and "stop_words" not in sub.params:
                         params["stop_words"] = rules["stop_words"]
                     params = {k: _tuples(v) for k, v in params.items()}
-                    built.append((name, getattr(self._filters_module, cls_name)(language=tokenizer, **params)))
+                    built.append(
+                        (name, getattr(self._filters_module, cls_name)(language=tokenizer, **params))
+                    )
             self._sets[key] = (tokenizer, built)
         return self._sets[key]
 

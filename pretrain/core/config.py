@@ -114,6 +114,14 @@ def from_dict(cls: type[T], data: dict, path: str = "") -> T:
         raise ConfigError(f"{path or cls.__name__}: {e}") from None
 
 
+def deep_merge(base: dict, over: dict) -> dict:
+    """`base` with `over` laid on top: nested mappings merge key by key, anything else is replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def to_dict(cfg: Any) -> Any:
     if dataclasses.is_dataclass(cfg):
         return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}

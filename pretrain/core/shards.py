@@ -125,7 +125,13 @@ def list_shards(stage_dir: str | Path, kind: str = "shards") -> list[Path]:
     if manifest.exists():
         entries = read_json(manifest).get(kind, [])
         return [stage_dir / kind / e["path"] for e in entries]
-    return sorted((stage_dir / kind).glob("*.parquet"))
+    return sorted((stage_dir / kind).rglob("*.parquet"))  # with language folders (lang=xx/)
+
+
+def shard_relpath(stage_dir: str | Path, path: str | Path, kind: str = "shards") -> str:
+    """A shard's path under stage_dir/kind (`web__part-00000.parquet`, `lang=de/web__part-00000.de.parquet`):
+    what a stage that writes one output per input shard names its output, keeping the folders."""
+    return Path(path).relative_to(Path(stage_dir) / kind).as_posix()
 
 
 def write_manifest(stage_dir: str | Path, **fields: Any) -> None:
