@@ -256,7 +256,11 @@ def layer_saved_bytes(cfg: Any, precision: Precision) -> list[int]:
 
 
 def activation_bytes(
-    cfg: Any, tokens: int, precision: str | Precision = "fp32", activation_checkpointing: bool = False
+    cfg: Any,
+    tokens: int,
+    precision: str | Precision = "fp32",
+    activation_checkpointing: bool = False,
+    loss_chunk_tokens: int = 4096,
 ) -> dict[str, float]:
     """Activation memory of one micro-batch of `tokens` tokens (micro_batch * seq_len).
 
@@ -266,18 +270,31 @@ def activation_bytes(
     start of the backward, the final norm's saved tensors, the logits (which the training loop
     still references), the fp32 log-softmax output and the two vocab-wide gradients of the loss
     and the log-softmax; logits_held: the logits alone, alive until the next forward.
+    With `loss_chunk_tokens` > 0 (the trainer's default, its chunked linear + cross-entropy) the head
+    is one chunk's fp32 logits and their 16/32-bit gradient, beside the gradients of the hidden
+    states (tokens x dim) and of the head weight (fp32 vocab x dim) it keeps for the backward; no
+    logits are held.
     """
     p = PRECISIONS[precision] if isinstance(precision, str) else precision
     per_layer = sum(layer_saved_bytes(cfg, p))
     layers = cfg.num_layers * (p.residual_bytes * cfg.dim if activation_checkpointing else per_layer)
     grad_work = p.matmul_bytes * (2 * cfg.ffn_hidden_dim + 2 * cfg.dim)
     v = cfg.vocab_size
-    head = sum(_norm_saved(cfg.dim, 1, p)) + (p.matmul_bytes + 4 + 4 + 4) * v
+    norm = tokens * sum(_norm_saved(cfg.dim, 1, p))
+    if loss_chunk_tokens > 0:
+        chunk = min(loss_chunk_tokens, tokens)
+        # fp32 logits turned into the softmax in place, and their 16-bit copy when activations are 16-bit
+        chunk_bytes = 4 + (p.matmul_bytes if p.matmul_bytes != 4 else 0)
+        head = norm + chunk * v * chunk_bytes + tokens * cfg.dim * p.matmul_bytes + 4 * v * cfg.dim
+        logits_held = 0.0
+    else:
+        head = norm + tokens * (p.matmul_bytes + 4 + 4 + 4) * v
+        logits_held = tokens * p.matmul_bytes * v
     return {
         "layers": tokens * layers,
         "recompute": tokens * (per_layer + grad_work) if activation_checkpointing else 0,
-        "head": tokens * head,
-        "logits_held": tokens * p.matmul_bytes * v,
+        "head": head,
+        "logits_held": logits_held,
     }
 
 
@@ -327,8 +344,10 @@ def memory_estimate(
     activation_checkpointing: bool = False,
     grad_accum_steps: int = 1,
     device: str = "cuda",
+    loss_chunk_tokens: int = 4096,
 ) -> MemoryEstimate:
-    """Peak memory of one GPU (or one CPU process) in a training step of trainer/train.py."""
+    """Peak memory of one GPU (or one CPU process) in a training step of trainer/train.py
+    (`loss_chunk_tokens` as TrainConfig's: 0 is the full-logits loss)."""
     check(micro_batch >= 1, "micro_batch", micro_batch, ">= 1")
     check(seq_len >= 1, "seq_len", seq_len, ">= 1")
     check(device in ("cuda", "cpu"), "device", device, "cuda or cpu")
@@ -336,7 +355,7 @@ def memory_estimate(
     p = _precision_for(PRECISIONS[precision], strategy)
     n = num_params(cfg)
     states = model_state_bytes(n, strategy, num_gpus, p)
-    act = activation_bytes(cfg, micro_batch * seq_len, p, activation_checkpointing)
+    act = activation_bytes(cfg, micro_batch * seq_len, p, activation_checkpointing, loss_chunk_tokens)
     vd = cfg.vocab_size * cfg.dim
     blk = block_params(cfg)
     root = n - cfg.num_layers * blk  # embedding(s) + final norm: FSDP2's root group

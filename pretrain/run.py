@@ -71,6 +71,8 @@ def run_all(cfg: RunConfig, from_job: str | None = None, until: str | None = Non
             print(f"{label}: inputs or config changed, restarting the job", flush=True)
             _clean(run.path(job.name))
         print(f"{label}: running", flush=True)
+        if job.name == "train":  # watch it live; the scalars are written by default
+            print(f"  tensorboard --logdir {run.path('train') / 'tensorboard'} --host 127.0.0.1", flush=True)
         run.write_record(job.name, key=key, status="started", started_at=time.time())
         t0 = time.perf_counter()
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import pytest
 import torch
@@ -35,6 +36,15 @@ from trainer.model import Transformer, preset
         ("NVIDIA A10", "bf16", 125e12),
         ("NVIDIA GeForce RTX 4090", "bf16", 165.2e12),
         ("NVIDIA B200", "bf16", 2.25e15),
+        ("NVIDIA H800", "bf16", 989.4e12),
+        ("NVIDIA H800 PCIe", "bf16", 756e12),
+        ("NVIDIA H20", "bf16", 148e12),
+        ("NVIDIA A800-SXM4-80GB", "bf16", 312e12),
+        ("NVIDIA GB200", "bf16", 2.5e15),
+        ("NVIDIA B100", "bf16", 1.75e15),
+        ("NVIDIA GH200 480GB", "bf16", 989.4e12),
+        ("AMD Instinct MI300X", "bf16", 1307.4e12),
+        ("AMD Instinct MI325X", "fp16", 1307.4e12),
     ],
 )
 def test_peak_table_lookup_by_device_name(name, dtype, expected):
@@ -107,13 +117,8 @@ def test_torn_last_line_is_skipped(tmp_path):
     assert read_metrics(tmp_path) == [{"step": 1, "loss": 3.0}]
 
 
-def test_tensorboard_missing_prints_one_notice(tmp_path, capsys):
-    try:
-        import torch.utils.tensorboard  # noqa: F401
-
-        pytest.skip("tensorboard is installed")
-    except ImportError:
-        pass
+def test_tensorboard_missing_prints_one_notice(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import now fails, as on a bare box
     with MetricsLogger(tmp_path, rank=0, tensorboard=True) as logger:
         logger.log(1, loss=1.0)
     assert capsys.readouterr().out.count("tensorboard not installed") == 1
@@ -149,3 +154,40 @@ def test_progress_line_eta(capsys):
     p.update(31, loss=2.0)  # not a multiple of `every`: no line
     assert capsys.readouterr().out.count("step 3") == 1
     p.close()
+
+
+def test_mfu_from_a_fake_peak_and_a_fixed_step_time():
+    """The metrics callback's MFU, exactly: 2 layers x dim 32, seq 16, 1,000 matmul params (by
+    construction of the fake), 4,096 tokens per step in 0.5 s on 2 devices of 1 GFLOP/s."""
+    from types import SimpleNamespace
+
+    from pretrain.core.accel import flops_per_token
+    from trainer.callbacks.metrics import MetricsCallback
+    from trainer.config import MetricsConfig
+
+    full = flops_per_token(1000, num_layers=2, dim=32, seq_len=16)
+    causal = flops_per_token(1000, num_layers=2, dim=32, seq_len=16, causal=True)
+    assert (full, causal) == (6000 + 12 * 2 * 32 * 16, 6000 + 6 * 2 * 32 * 16) == (18288, 12144)
+    phase = SimpleNamespace(global_batch_tokens=4096, seq_len=16)
+    trainer = SimpleNamespace(
+        timeline=SimpleNamespace(span_at=lambda step: SimpleNamespace(config=phase)),
+        flops_per_token={16: full},
+        flops_per_token_causal={16: causal},
+        env=SimpleNamespace(world_size=2),
+        device=torch.device("cpu"),
+    )
+    cb = MetricsCallback(MetricsConfig(window=1, memory_every=0))
+    cb.peak_flops = 1e9  # fake: a 1 GFLOP/s device
+    row = {"step_time_s": 0.5, "data_wait_s": 0.0, "log": False}
+    cb.post_step(trainer, 0, row)
+    assert row["tokens_per_s"] == 8192.0
+    assert row["mfu"] == full * 8192 / (1e9 * 2) == pytest.approx(0.07490765)
+    assert row["mfu_causal"] == causal * 8192 / (1e9 * 2)
+    assert row["mfu_causal"] / row["mfu"] == pytest.approx(12144 / 18288)
+
+
+def test_planner_offers_every_gpu_of_the_peak_table():
+    from pretrain.core.accel import GPUS, PEAK_FLOPS
+
+    assert {"gh200", "h800", "h20", "a800", "b100", "gb200", "mi300x", "mi325x"} <= set(GPUS)
+    assert {key for key, _ in GPUS.values()} == set(PEAK_FLOPS)  # no row without a --gpu name

@@ -231,9 +231,11 @@ def test_plan_module_imports_neither_torch_nor_ray():
 # --------------------------------------------------- against the live tensor bytes of a step
 
 
-def _profiled_step_peak(cfg, seq_len: int, micro_batch: int, activation_checkpointing: bool) -> float:
+def _profiled_step_peak(
+    cfg, seq_len: int, micro_batch: int, activation_checkpointing: bool, loss_chunk_tokens: int = 4096
+) -> float:
     """Peak bytes held by torch tensors in the third step of the trainer's loop body (same order:
-    forward with the logits kept, backward, clip, AdamW, zero_grad(set_to_none))."""
+    forward (chunked loss, or the logits kept with 0), backward, clip, fused AdamW, zero_grad)."""
     torch = pytest.importorskip("torch")
     from torch.profiler import ProfilerActivity, profile
 
@@ -243,11 +245,11 @@ def _profiled_step_peak(cfg, seq_len: int, micro_batch: int, activation_checkpoi
 
     torch.manual_seed(0)
     model = parallelize(Transformer(cfg), "none", torch.device("cpu"), activation_checkpointing)
-    opt = torch.optim.AdamW(_param_groups(model), lr=1e-3, weight_decay=0.1)
+    opt = torch.optim.AdamW(_param_groups(model), lr=1e-3, weight_decay=0.1, fused=True)
     ids = torch.randint(0, cfg.vocab_size, (micro_batch, seq_len))
 
     def step():
-        _, loss = model(ids, ids)
+        _, loss = model(ids, ids, loss_chunk_tokens=loss_chunk_tokens)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -271,21 +273,23 @@ def _profiled_step_peak(cfg, seq_len: int, micro_batch: int, activation_checkpoi
 
 
 @pytest.mark.parametrize(
-    "overrides, seq_len, micro_batch, ckpt",
+    "overrides, seq_len, micro_batch, ckpt, chunk",
     [
-        ({}, 64, 8, False),  # the loss head is the peak (vocab 8192, dim 128)
-        ({}, 64, 8, True),
-        ({"qk_norm": True, "tie_embeddings": False, "num_layers": 2}, 64, 8, False),
-        ({"vocab_size": 512, "dim": 256, "num_layers": 6}, 128, 2, False),  # the optimizer step
-        ({"vocab_size": 512, "dim": 256, "num_layers": 3}, 128, 8, True),  # a recomputed block
+        ({}, 64, 8, False, 0),  # the full-logits loss head is the peak (vocab 8192, dim 128)
+        ({}, 64, 8, False, 128),  # the chunked head: 4 chunks of 128 tokens
+        ({}, 64, 8, True, 0),
+        ({}, 64, 8, True, 4096),
+        ({"qk_norm": True, "tie_embeddings": False, "num_layers": 2}, 64, 8, False, 4096),
+        ({"vocab_size": 512, "dim": 256, "num_layers": 6}, 128, 2, False, 4096),  # the optimizer step
+        ({"vocab_size": 512, "dim": 256, "num_layers": 3}, 128, 8, True, 4096),  # a recomputed block
     ],
 )
-def test_estimate_matches_live_tensor_bytes(overrides, seq_len, micro_batch, ckpt):
+def test_estimate_matches_live_tensor_bytes(overrides, seq_len, micro_batch, ckpt, chunk):
     cfg = model_config("tiny", **overrides)
-    measured = _profiled_step_peak(cfg, seq_len, micro_batch, ckpt)
+    measured = _profiled_step_peak(cfg, seq_len, micro_batch, ckpt, chunk)
     est = memory_estimate(
         cfg, seq_len=seq_len, micro_batch=micro_batch, precision="fp32", device="cpu",
-        activation_checkpointing=ckpt,
+        activation_checkpointing=ckpt, loss_chunk_tokens=chunk,
     )  # fmt: skip
     assert est.peak - est.runtime == pytest.approx(measured, rel=0.03), (est, measured / MiB)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pretrain.core.config import ConfigError, to_dict
 from tests.train_helpers import (
@@ -30,6 +31,7 @@ from tests.train_helpers import (
 )
 from trainer import checkpoint as ckpt
 from trainer.callbacks import Callback
+from trainer.callbacks.syncwatch import HostSyncWatch
 from trainer.config import TrainConfig
 from trainer.train import RunDirBusy, Trainer, train
 
@@ -56,6 +58,24 @@ def straight(shards, tmp_path_factory) -> Path:
     summary = train(_cfg(shards, run))
     assert summary == {"last_step": TOTAL_STEPS, "skipped_steps": 0, "final_loss": _losses(run)[-1]}
     return run
+
+
+def test_tensorboard_scalars_by_default_read_back_with_tensorboard(straight):
+    """TensorBoard's own reader finds every step's loss (equal to metrics.jsonl's), lr, grad norm,
+    tokens/s, data wait, memory, the running skipped count and the loss per phase."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(straight / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "data_wait_fraction", "skipped_steps",
+            "mem_peak_rss_gib", "loss_by_phase/short", "loss_by_phase/long"} <= tags  # fmt: skip
+    m = _metrics(straight)
+    loss = {e.step: e.value for e in acc.Scalars("loss")}
+    assert sorted(loss) == list(range(TOTAL_STEPS))
+    assert all(loss[s] == pytest.approx(m[s]["loss"], rel=1e-6) for s in loss)
+    assert [e.step for e in acc.Scalars("loss_by_phase/long")] == list(range(6, TOTAL_STEPS))
+    assert [e.value for e in acc.Scalars("skipped_steps")] == [0.0] * TOTAL_STEPS
 
 
 def test_straight_run_learns_and_logs(straight):
@@ -367,3 +387,64 @@ def test_profiler_writes_a_trace_of_the_chosen_steps(shards, tmp_path):
     assert any("aten::mm" in n or "aten::addmm" in n for n in names), sorted(names)[:20]
     with pytest.raises(ConfigError, match="profile_steps"):
         _cfg(shards, run, ["metrics.profile_steps=[-1]"])
+
+
+NO_SYNC = ["curriculum.phases.1.num_tokens=7168", "checkpoint.every_steps=0"]  # 20 steps, no saves between
+
+
+def test_steps_that_do_not_log_never_wait_for_the_device(shards, tmp_path):
+    """log_every=5: 16 of 20 steps make no item/cpu/tolist call, a NaN at a non-logging step is still
+    skipped (on the device, by the fused optimizer), and every row equals the log-every-step run's."""
+    trap = HostSyncWatch()
+    try:
+        every5 = train(
+            _cfg(shards, tmp_path / "every5", [*NO_SYNC, "metrics.log_every=5"]),
+            callbacks=[trap, NanLoss([7])],
+        )
+    finally:
+        trap.close()
+    assert trap.calls == [] and trap.non_log_calls == 0 and trap.log_calls > 0
+    every1 = train(
+        _cfg(shards, tmp_path / "every1", [*NO_SYNC, "metrics.log_every=1"]), callbacks=[NanLoss([7])]
+    )
+    assert every5 == every1 and every5["last_step"] == 20 and every5["skipped_steps"] == 1
+    a, b = _metrics(tmp_path / "every5"), _metrics(tmp_path / "every1")
+    assert sorted(a) == list(range(20)) and a[7]["skipped"] == "nonfinite" and a[7]["loss"] is None
+    for s in range(20):
+        assert (a[s]["loss"], a[s]["grad_norm"], a[s]["skipped"]) == (
+            b[s]["loss"],
+            b[s]["grad_norm"],
+            b[s]["skipped"],
+        )
+
+
+def test_device_guard_decides_as_the_host_reference():
+    """DeviceSpikeGuard (device tensors, no sync) against SpikeGuard (host floats) on a noisy series
+    with spikes, NaNs and a phase change: the same verdict at every step."""
+    from trainer.callbacks.guard import DeviceSpikeGuard, SpikeGuard
+    from trainer.config import GuardConfig
+
+    cfg = GuardConfig(spike_num_std=3.0, spike_window=8, spike_min_history=4)
+    rng = np.random.default_rng(0)
+    host, dev = SpikeGuard(cfg), DeviceSpikeGuard(cfg, torch.device("cpu"))
+    codes = []
+    for i in range(120):
+        phase = 0 if i < 60 else 1
+        loss = float(5.0 - i * 0.01 + rng.normal(0, 0.05))
+        if i % 17 == 9:
+            loss *= 3  # a spike
+        if i % 29 == 3:
+            loss = float("nan")
+        norm = 1.0
+        want = 1 if not np.isfinite(loss) else (2 if host.is_spike(phase, loss) else 0)
+        if want == 0:
+            host.accept(loss)
+        got = int(dev.verdict(phase, torch.tensor(loss, dtype=torch.float64), torch.tensor(norm)))
+        codes.append(want)
+        assert got == want, (i, loss, got, want)
+    assert codes.count(2) >= 5 and codes.count(1) >= 4
+    state = dev.state_dict()
+    assert state["losses"] == list(host.losses) and state["phase"] == 1
+    again = DeviceSpikeGuard(cfg, torch.device("cpu"))
+    again.load_state_dict(state)
+    assert again.state_dict() == state

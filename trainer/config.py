@@ -125,8 +125,13 @@ class MetricsConfig:
     """Steps the rolling tokens/s, MFU and data-wait fraction average over."""
     memory_every: int = 10
     """Add a memory snapshot to every N-th step's row (and the first); 0 never."""
-    tensorboard: bool = False
-    """Also write TensorBoard scalars to run_dir/tensorboard (needs the tensorboard package)."""
+    log_every: int | None = None
+    """Steps between reads of the loss, grad norm and guard decisions from the device: the only
+    host sync of a step. Every step still gets its metrics.jsonl row, written at the next read
+    (also after the last step and before each checkpoint). null: 1 on CPU, 10 on GPU."""
+    tensorboard: bool = True
+    """Also write TensorBoard scalars to run_dir/tensorboard (the `train` extra installs the
+    tensorboard package; without it a warning says so and only metrics.jsonl is written)."""
     progress: bool = True
     """Progress line with ETA on rank 0's console."""
     profile_steps: list[int] = field(default_factory=list)
@@ -136,6 +141,7 @@ class MetricsConfig:
     def __post_init__(self) -> None:
         check(self.window >= 1, "window", self.window, ">= 1")
         check(self.memory_every >= 0, "memory_every", self.memory_every, ">= 0")
+        check(self.log_every is None or self.log_every >= 1, "log_every", self.log_every, ">= 1 or null")
         check(all(s >= 0 for s in self.profile_steps), "profile_steps", self.profile_steps, "steps >= 0")
 
 
@@ -160,6 +166,10 @@ class TrainConfig:
     under torchrun, which sets the world itself. Losses match one process within fp32 tolerance."""
     activation_checkpointing: bool = False
     """Recompute each block in the backward pass to save memory."""
+    loss_chunk_tokens: int = 4096
+    """The loss is computed this many tokens at a time, each chunk's logits turned into its loss and
+    gradients at once (trainer/model.py `chunked_linear_cross_entropy`), so the fp32
+    batch x seq x vocab logits are never held whole; 0: the full-logits loss."""
     grad_clip: float = 1.0
     """Clip the global grad norm to this; 0 disables clipping (the norm is still logged)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -198,6 +208,9 @@ class TrainConfig:
             f"ddp or fsdp2 with nproc={self.nproc} (none would train unsynchronised copies)",
         )
         check(self.max_steps is None or self.max_steps > 0, "max_steps", self.max_steps, "> 0 or null")
+        check(
+            self.loss_chunk_tokens >= 0, "loss_chunk_tokens", self.loss_chunk_tokens, ">= 0 (0: full logits)"
+        )
         preset(self.model, **self.model_overrides)  # validates the name and the overrides now
         for path in self.callbacks:
             check(

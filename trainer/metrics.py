@@ -17,6 +17,7 @@ import math
 import os
 import re
 import resource
+import subprocess
 import sys
 import time
 from collections import deque
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 
 from pretrain.core.accel import peak_flops_for_name
+from trainer.model import Transformer, preset
 
 log = logging.getLogger(__name__)
 
@@ -174,3 +176,40 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+def measure_loss_memory(
+    vocab_size: int,
+    batch: int,
+    seq_len: int,
+    loss_chunk_tokens: int,
+    preset_name: str = "tiny",
+    seed: int = 0,
+) -> dict[str, float]:
+    """Forward + backward of the `preset_name` model at `vocab_size` on one random batch, in a fresh
+    Python process (so no earlier allocation hides the peak): {"loss", "grad_norm",
+    "peak_above_base_bytes"} with `loss_chunk_tokens` (0: full logits). CPU, Linux (VmHWM)."""
+    args = json.dumps([vocab_size, batch, seq_len, loss_chunk_tokens, preset_name, seed])
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    code = "import sys; from trainer.metrics import _loss_memory_probe; _loss_memory_probe(sys.argv[1])"
+    out = subprocess.run(
+        [sys.executable, "-c", code, args], env=env, capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"loss memory probe failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _loss_memory_probe(args_json: str) -> None:
+    vocab_size, batch, seq_len, chunk, preset_name, seed = json.loads(args_json)
+    torch.manual_seed(seed)
+    model = Transformer(preset(preset_name, vocab_size=vocab_size, max_seq_len=max(seq_len, 512)))
+    g = torch.Generator().manual_seed(seed + 1)
+    tokens = torch.randint(0, vocab_size, (batch, seq_len + 1), generator=g)
+    reset_peak_memory("cpu")
+    _, loss = model(tokens[:, :-1], tokens[:, 1:], loss_chunk_tokens=chunk)
+    loss.backward()
+    peak = memory_snapshot("cpu")["mem_peak_above_base_gib"] * 2**30
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+    print(json.dumps({"loss": loss.item(), "grad_norm": norm.item(), "peak_above_base_bytes": peak}))

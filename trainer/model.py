@@ -121,6 +121,66 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of `h @ weight.T` over the targets that are not -100, computed `chunk`
+    rows at a time: each chunk's fp32 logits become its loss and, at once, its gradients with
+    respect to h and weight (softmax minus one-hot), then are freed. The backward only scales the
+    stored gradients, so nothing is recomputed (the fused linear + cross-entropy of Liger/torchtune)."""
+
+    @staticmethod
+    def forward(
+        ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int
+    ) -> torch.Tensor:
+        valid = targets != -100
+        count = valid.sum().clamp(min=1)
+        loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        for i in range(0, h.shape[0], chunk):
+            hc, tc, vc = h[i : i + chunk], targets[i : i + chunk], valid[i : i + chunk]
+            logits = (hc @ weight.t()).float()  # (chunk, vocab): the only vocab-wide tensor alive
+            tgt = tc.clamp(min=0).unsqueeze(1)
+            picked = logits.gather(1, tgt).squeeze(1)
+            peak = logits.amax(dim=-1, keepdim=True)
+            total = logits.sub_(peak).exp_().sum(dim=-1, keepdim=True)  # in place: no second buffer
+            loss_sum += ((peak.squeeze(1) + total.squeeze(1).log() - picked) * vc).sum()
+            if need_h or need_w:
+                g = logits.div_(total)  # softmax, in place
+                g.scatter_add_(1, tgt, -torch.ones_like(tgt, dtype=g.dtype))
+                g.masked_fill_(~vc.unsqueeze(1), 0.0)  # ignored targets: no gradient
+                g = g.to(h.dtype)
+                if need_h:
+                    grad_h[i : i + chunk] = g @ weight.to(h.dtype)
+                if need_w:
+                    if g.dtype == grad_w.dtype:
+                        grad_w.addmm_(g.t(), hc)  # in place: no vocab x dim temporary
+                    else:  # 16-bit activations: a 16-bit product, added into the fp32 sum
+                        grad_w += (g.t() @ hc).float()
+                del g
+            del logits  # before the next chunk's matmul, or two chunks of logits are alive at once
+        ctx.save_for_backward(grad_h, grad_w, count)
+        ctx.weight_dtype = weight.dtype
+        return loss_sum / count
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad_h, grad_w, count = ctx.saved_tensors
+        scale = grad_out / count
+        # Scaled in place (the backward runs once): the stored gradients become the returned ones.
+        gh = grad_h.mul_(scale.to(grad_h.dtype)) if grad_h is not None else None
+        gw = grad_w.mul_(scale).to(ctx.weight_dtype) if grad_w is not None else None
+        return gh, gw, None, None
+
+
+def chunked_linear_cross_entropy(
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_tokens: int
+) -> torch.Tensor:
+    """F.cross_entropy(h @ weight.T, targets, ignore_index=-100) with at most `chunk_tokens` rows of
+    fp32 logits in memory at a time, in the forward and in the backward. h: (N, dim), targets: (N,)."""
+    return _ChunkedLinearCrossEntropy.apply(h, weight, targets, chunk_tokens)
+
+
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -154,10 +214,18 @@ class Transformer(nn.Module):
                 nn.init.ones_(module.weight)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """idx (B, T) -> logits (B, T, vocab); with targets also the mean token cross-entropy."""
-        logits = self.lm_head(self.hidden_states(idx))  # (B, T, vocab)
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, loss_chunk_tokens: int = 0
+    ) -> torch.Tensor | tuple[torch.Tensor | None, torch.Tensor]:
+        """idx (B, T) -> logits (B, T, vocab); with targets also the mean token cross-entropy.
+        `loss_chunk_tokens` > 0 computes the loss `chunked_linear_cross_entropy`'s way and returns
+        (None, loss): no (B, T, vocab) logits are ever held whole."""
+        h = self.hidden_states(idx)
+        if targets is not None and loss_chunk_tokens > 0:
+            loss = chunked_linear_cross_entropy(
+                h.flatten(0, 1), self.lm_head.weight, targets.flatten(), loss_chunk_tokens
+            )
+            return None, loss
+        logits = self.lm_head(h)  # (B, T, vocab)
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
@@ -183,12 +251,13 @@ class Transformer(nn.Module):
                 n -= self.lm_head.weight.numel()
         return n
 
-    def flops_per_token(self, seq_len: int) -> int:
+    def flops_per_token(self, seq_len: int, causal: bool = False) -> int:
         """Training FLOPs per token (forward + backward): core.accel's formula over this model's
-        matmul parameters (non-embedding params + the lm_head's vocab * dim)."""
+        matmul parameters (non-embedding params + the lm_head's vocab * dim); `causal` counts half
+        the attention square (the work a causal kernel does) instead of all of it (PaLM convention)."""
         cfg = self.cfg
         n = self.num_params(exclude_embeddings=True) + cfg.vocab_size * cfg.dim
-        return accel.flops_per_token(n, cfg.num_layers, cfg.dim, seq_len)
+        return accel.flops_per_token(n, cfg.num_layers, cfg.dim, seq_len, causal=causal)
 
     def hf_state_dict_names(self) -> dict[str, str]:
         """Our state_dict key -> HF LlamaForCausalLM key; a tied lm_head is omitted (HF re-ties it)."""

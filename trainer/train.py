@@ -37,7 +37,7 @@ from trainer import checkpoint as ckpt
 from trainer import launch
 from trainer.callbacks import Callback, build_callbacks
 from trainer.callbacks.checkpointing import CheckpointCallback
-from trainer.callbacks.guard import GuardCallback
+from trainer.callbacks.guard import SKIP_REASONS, GuardCallback
 from trainer.callbacks.metrics import MetricsCallback
 from trainer.callbacks.profiler import ProfilerCallback
 from trainer.callbacks.progress import ProgressCallback
@@ -118,6 +118,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         model.init_weights()
         self.flops_per_token = {p.seq_len: model.flops_per_token(p.seq_len) for p in cfg.curriculum.phases}
+        self.flops_per_token_causal = {
+            p.seq_len: model.flops_per_token(p.seq_len, causal=True) for p in cfg.curriculum.phases
+        }
         self.model = model = parallelize(model, cfg.parallel, device, cfg.activation_checkpointing)
         self.fwd = torch.compile(model) if cfg.compile else model
         self.optimizer = torch.optim.AdamW(
@@ -126,7 +129,7 @@ class Trainer:
             betas=tuple(cfg.optim.betas),
             eps=cfg.optim.eps,
             weight_decay=cfg.optim.weight_decay,
-            fused=device.type == "cuda",
+            fused=True,  # CUDA and CPU: one kernel, and found_inf skips a step on the device
         )
         self.scheduler = LambdaLR(self.optimizer, torch_lambda(timeline))
 
@@ -177,6 +180,8 @@ class Trainer:
         self._lock = lock_run_dir(self.run_dir) if env.is_main else None  # before the first write
         self.loader: PrefetchLoader | None = None
         self.skipped, self.loss_val = 0, float("nan")
+        self.log_every = cfg.metrics.log_every or (10 if device.type == "cuda" else 1)
+        self._pending: list[dict[str, Any]] = []  # rows whose device values are not read yet
         for cb in self.callbacks:
             cb.on_train_start(self)
 
@@ -215,8 +220,18 @@ class Trainer:
             )
         return self.loader
 
+    def _is_log_step(self, step: int) -> bool:
+        """Whether step `step` ends with a host read of the pending rows: every `log_every` steps,
+        after the last step, and before a checkpoint (which saves the guard's state)."""
+        done, every = step + 1, self.cfg.checkpoint.every_steps
+        return done % self.log_every == 0 or done >= self.last_step or bool(every and done % every == 0)
+
     def step(self) -> dict[str, Any]:
-        """One optimizer step; returns its metrics row. Callbacks guard, log and checkpoint it."""
+        """One optimizer step; returns its metrics row. Callbacks guard, log and checkpoint it.
+
+        Nothing here waits for the device on a step that does not log: the loss, the grad norm and
+        the guard's verdict stay device tensors in the row until the next logging step reads every
+        pending row at once (`_read_pending`)."""
         step, span = self.step_num, self.timeline.span_at(self.step_num)
         loader = self._loader_for(span)
         t0, wait0 = time.perf_counter(), loader.data_wait_s
@@ -226,28 +241,57 @@ class Trainer:
         loss, grad_norm = self._forward_backward(batch, span)
         metrics: dict[str, Any] = {
             "phase": span.name,
-            "loss": loss.item(),
+            "loss": loss,
             "lr": self.optimizer.param_groups[0]["lr"],
-            "grad_norm": grad_norm.item(),
+            "grad_norm": grad_norm,
             "skipped": False,  # or the reason a callback vetoed the update ("nonfinite", "loss_spike")
             "tokens": self.timeline.tokens_at(step + 1),
             "sample_index": int(batch["index"][0]),  # rank 0: first global sample of this step's batch
+            "log": self._is_log_step(step),  # this step reads the pending rows from the device
         }
         for cb in self.callbacks:
             cb.pre_optim_step(self, step, metrics)
-        self.loss_val = metrics["loss"]
-        if metrics["skipped"]:
-            self.skipped += 1
-        else:
-            self.optimizer.step()
+        if not metrics["skipped"]:  # a callback's veto is known on the host; the guard's is not
+            code = metrics.get("skip_code")
+            self.optimizer.found_inf = None if code is None else (code > 0).to(torch.float32)
+            self.optimizer.step()  # fused AdamW: a found_inf of 1 leaves params and moments as they are
+            self.optimizer.found_inf = None
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step_num = step + 1
         metrics["data_wait_s"] = loader.data_wait_s - wait0
         metrics["step_time_s"] = time.perf_counter() - t0
+        metrics["step"] = step
+        self._pending.append(metrics)
+        if metrics["log"]:
+            self._read_pending()
         for cb in self.callbacks:
             cb.post_step(self, step, metrics)
         return metrics
+
+    def _read_pending(self) -> None:
+        """The one host sync: every pending row's loss, grad norm and verdict in a single copy."""
+        rows, self._pending = self._pending, []
+        vals = torch.stack(
+            [
+                torch.stack(
+                    [
+                        torch.as_tensor(r["loss"], device=self.device).float(),
+                        torch.as_tensor(r["grad_norm"], device=self.device).float(),
+                        torch.as_tensor(r.pop("skip_code", 0), device=self.device).float(),
+                    ]
+                )
+                for r in rows
+            ]
+        ).tolist()
+        for r, (loss, norm, code) in zip(rows, vals):
+            r["loss"], r["grad_norm"] = loss, norm
+            if not r["skipped"]:
+                r["skipped"] = SKIP_REASONS[int(code)]
+            self.skipped += bool(r["skipped"])
+            r["skipped_steps"] = self.skipped  # running count (a TensorBoard scalar)
+            self.loss_val = loss
+        self.guard.observe(rows)
 
     def _forward_backward(self, batch: dict[str, Any], span: PhaseSpan) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward and backward over the micro-batches, then clip. The loss (mean over the global
@@ -264,7 +308,11 @@ class Trainer:
             if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: reduce-scatter once per step
                 model.set_requires_gradient_sync(sync)
             with no_sync, self.autocast():
-                _, loss = self.fwd(ids[micro * mb : (micro + 1) * mb], labels[micro * mb : (micro + 1) * mb])
+                _, loss = self.fwd(
+                    ids[micro * mb : (micro + 1) * mb],
+                    labels[micro * mb : (micro + 1) * mb],
+                    loss_chunk_tokens=self.cfg.loss_chunk_tokens,
+                )
                 (loss / accum).backward()
             loss_sum += loss.detach()
         loss = all_reduce_mean(loss_sum / accum)
@@ -301,6 +349,9 @@ class Trainer:
         return path
 
     def close(self) -> None:
+        if self._pending:  # an error mid-window: keep what was computed
+            with contextlib.suppress(Exception):
+                self._read_pending()
         if self.loader is not None:
             self.loader.close()
         for cb in self.callbacks:

@@ -40,7 +40,8 @@ class TrainerView(Protocol):
     step_num: int
     last_step: int
     model: Any
-    flops_per_token: dict[int, float]
+    flops_per_token: dict[int, float]  # seq_len -> FLOPs per token, PaLM convention (full attention square)
+    flops_per_token_causal: dict[int, float]  # the causal half of the attention square
 
     @property
     def done(self) -> bool: ...

@@ -1,6 +1,11 @@
 """Each step's row: throughput, MFU, data wait and memory added, then written to metrics.jsonl
 (rank 0; strict JSON, non-finite values as null) and, with `metrics.tensorboard`, TensorBoard.
 
+MFU: `mfu` uses the PaLM convention (6N + 12 * layers * dim * seq FLOPs per token, the attention
+square counted whole), comparable with nanoGPT's and torchtitan's figures; `mfu_causal` counts the
+half a causal kernel computes, the work actually done. Both over the device's dense peak at the
+training dtype from pretrain/core/accel.py's table (null on CPU and unlisted GPUs).
+
     log = MetricsLogger(run_dir, rank, tensorboard=True)
     log.log(step, loss=loss, lr=lr)              # {"step", "time", "loss", "lr"}, one line
 """
@@ -65,6 +70,8 @@ class MetricsLogger:
             for k, v in row.items():
                 if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool):
                     self._tb.add_scalar(k, v, global_step=int(step))
+            if isinstance(row.get("phase"), str) and isinstance(row.get("loss"), float):
+                self._tb.add_scalar(f"loss_by_phase/{row['phase']}", row["loss"], global_step=int(step))
         return row
 
     def close(self) -> None:
@@ -91,6 +98,7 @@ class MetricsCallback(Callback):
         self.tput = Throughput(cfg.window)
         self.peak_flops: float | None = None
         self.logger: MetricsLogger | None = None
+        self._rows: list[tuple[int, dict[str, Any]]] = []  # complete but for values still on the device
 
     def on_train_start(self, trainer: TrainerView) -> None:
         dtype = "bf16" if trainer.device.type == "cuda" else "fp32"  # no CPU peak: MFU is null there
@@ -103,11 +111,17 @@ class MetricsCallback(Callback):
         fpt = trainer.flops_per_token[phase.seq_len]
         metrics["tokens_per_s"] = self.tput.tokens_per_s
         metrics["mfu"] = mfu(fpt, self.tput.tokens_per_s, self.peak_flops, trainer.env.world_size)
+        causal = trainer.flops_per_token_causal[phase.seq_len]
+        metrics["mfu_causal"] = mfu(causal, self.tput.tokens_per_s, self.peak_flops, trainer.env.world_size)
         metrics["flops_per_token"] = fpt
         metrics["data_wait_fraction"] = self.tput.data_wait_fraction
         if self.cfg.memory_every and step % self.cfg.memory_every == 0:
             metrics.update(memory_snapshot(trainer.device))
-        self.logger.log(step, **metrics)
+        self._rows.append((step, metrics))
+        if metrics["log"]:  # the trainer has read this window's device values: write its rows
+            for s, row in self._rows:
+                self.logger.log(s, **{k: v for k, v in row.items() if k not in ("step", "log")})
+            self._rows.clear()
 
     def close(self) -> None:
         if self.logger is not None:

@@ -83,6 +83,8 @@ class ProgressCallback(Callback):
         self.line = ProgressLine(trainer.last_step, trainer.step_num, enabled=enabled)
 
     def post_step(self, trainer: TrainerView, step: int, metrics: dict[str, Any]) -> None:
+        if not metrics["log"]:  # the loss is still on the device
+            return
         self.line.update(
             trainer.step_num, loss=metrics["loss"], lr=metrics["lr"], tok_s=metrics["tokens_per_s"]
         )
