@@ -228,3 +228,27 @@ def test_ranks_die_with_a_killed_launcher(shards, tmp_path):
     for p in alive:  # clean up before failing
         os.kill(p, signal.SIGKILL)
     assert not alive, "ranks outlived their launcher"
+
+
+def test_a_stalled_rank_times_out_with_a_message_naming_the_waiting_rank(shards, tmp_path):
+    """Rank 1 sleeps 60 s before step 2; rank 0 waits in DDP's all-reduce until dist_timeout_s=4
+    and fails naming itself, the step and the setting; the launcher stops rank 1 and says so."""
+    run = tmp_path / "run"
+    config = _config(shards, run, nproc=2, parallel="ddp")
+    stall = "callbacks={tests.train_helpers.StallRank: {rank: 1, step: 2, sleep_s: 60}}"
+    t0 = time.time()
+    res = subprocess.run(
+        _cmd(config, "dist_timeout_s=4", stall),
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode != 0 and time.time() - t0 < 60  # did not wait for the sleeper
+    err = res.stderr
+    assert (
+        "CollectiveTimeout: rank 0 of 2: a collective did not complete within dist_timeout_s=4 at step 2"
+        in err
+    ), err[-3000:]
+    assert "trainer rank 0 of 2 exited with code 1" in err, err[-3000:]

@@ -83,3 +83,23 @@ def test_two_gpu_ranks_match_one_gpu(shards, straight, tmp_path, parallel):
         [m[s]["loss"] for s in range(TOTAL_STEPS)], [ref[s]["loss"] for s in range(TOTAL_STEPS)], rtol=2e-2
     )
     assert ckpt.read_meta(ckpt.latest_checkpoint(run / "checkpoints"))["world_size"] == 2
+
+
+def test_steps_that_do_not_log_make_no_cuda_sync(shards, tmp_path):
+    """log_every=5 on a GPU: the non-logging steps run under set_sync_debug_mode("error") (any
+    synchronizing CUDA call raises) and make no item/cpu/tolist call; the input arrives through the
+    loader's pinned side-stream copy; a NaN at a non-logging step is still skipped on the device."""
+    from tests.train_helpers import NanLoss
+    from trainer.callbacks.syncwatch import HostSyncWatch
+
+    watch = HostSyncWatch(cuda_sync_debug=True)
+    try:
+        summary = train(
+            _cfg(shards, tmp_path / "run", ["metrics.log_every=5"]), callbacks=[watch, NanLoss([3])]
+        )
+    finally:
+        watch.close()
+    assert watch.non_log_calls == 0 and watch.log_calls > 0, watch.calls
+    assert summary["last_step"] == TOTAL_STEPS and summary["skipped_steps"] == 1
+    m = _metrics(tmp_path / "run")
+    assert m[3]["skipped"] == "nonfinite" and all(math.isfinite(m[s]["loss"]) for s in m if s != 3)

@@ -183,6 +183,18 @@ class SlowSteps(Callback):
         time.sleep(self.sleep_s)
 
 
+class StallRank(Callback):
+    """Rank `rank` sleeps `sleep_s` before step `step`'s forward: its peers wait in the first
+    collective of that step (the process-group timeout test)."""
+
+    def __init__(self, rank: int, step: int, sleep_s: float):
+        self.rank, self.step, self.sleep_s = rank, step, sleep_s
+
+    def pre_step(self, trainer, step: int, batch: dict[str, Any]) -> None:
+        if step == self.step and trainer.env.rank == self.rank:
+            time.sleep(self.sleep_s)
+
+
 def slow_steps(sleep_s: float, prefix: str = "") -> str:
     """The dotted override that adds SlowSteps(sleep_s) to a config run in a subprocess (every rank
     imports it by name), e.g. `slow_steps(0.3)` or `slow_steps(0.25, "train.")` for `pretrain run`."""

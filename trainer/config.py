@@ -164,6 +164,10 @@ class TrainConfig:
     nproc: int = 1
     """Processes to start on this machine (one per GPU; trainer/launch.py, loopback only). Ignored
     under torchrun, which sets the world itself. Losses match one process within fp32 tolerance."""
+    dist_timeout_s: float = 600.0
+    """Collective timeout of the process group: a rank that waits longer than this for its peers
+    (one stalled or died) fails with an error naming itself, the step and this setting, instead of
+    hanging. NCCL's and gloo's own default is 10 minutes; raise it for slow checkpoint storage."""
     activation_checkpointing: bool = False
     """Recompute each block in the backward pass to save memory."""
     loss_chunk_tokens: int = 4096

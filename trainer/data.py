@@ -261,28 +261,47 @@ class PrefetchLoader:
     """This rank's batches as torch tensors, built by a background thread into a bounded queue.
 
     state_dict() reflects the batches handed out (not those prefetched), so it is exact.
-    `data_wait_s` is the total time the consumer blocked waiting for data.
+    `data_wait_s` is the total time the consumer blocked waiting for data. With a CUDA `device`
+    the thread also pins input_ids and labels and copies them to the GPU on its own CUDA stream
+    (non_blocking), so the next batch's transfer overlaps the current step; the consumer's stream
+    waits on the copy's event, never the host. The rest of the batch (index, source) stays on the host.
     """
 
     def __init__(
-        self, stream: PackedStream, global_batch: int, rank: int = 0, world_size: int = 1, prefetch: int = 4
+        self,
+        stream: PackedStream,
+        global_batch: int,
+        rank: int = 0,
+        world_size: int = 1,
+        prefetch: int = 4,
+        device: Any = None,
     ):
         if global_batch % world_size:
             raise ValueError(f"global_batch={global_batch} must divide by world_size={world_size}")
         self.stream = stream
         self.global_batch, self.rank, self.world_size = global_batch, rank, world_size
         self.prefetch = prefetch
+        self.device = device if device is not None and getattr(device, "type", None) == "cuda" else None
+        self._copy_stream = None
         self.data_wait_s = 0.0
         self._state = stream.state_dict()
         self._thread: threading.Thread | None = None
 
     def _produce(self, q: queue.Queue, stop: threading.Event) -> None:
         try:
+            if self.device is not None:
+                import torch  # CUDA only: torch is there
+
+                torch.cuda.set_device(self.device)  # the current device is per thread
+                self._copy_stream = self._copy_stream or torch.cuda.Stream(self.device)
             while not stop.is_set():
                 samples = self.stream.next_global_batch(self.global_batch, self.rank, self.world_size)
-                self._put(q, stop, (_collate(samples), self.stream.state_dict()))
+                batch, event = _collate(samples), None
+                if self.device is not None:
+                    batch, event = _to_device(batch, self.device, self._copy_stream)
+                self._put(q, stop, (batch, self.stream.state_dict(), event))
         except BaseException as e:  # surfaced to the consumer on its next batch
-            self._put(q, stop, (e, None))
+            self._put(q, stop, (e, None, None))
 
     @staticmethod
     def _put(q: queue.Queue, stop: threading.Event, item: tuple) -> None:
@@ -314,11 +333,18 @@ class PrefetchLoader:
         if self._thread is None:
             self._start()
         t0 = time.perf_counter()
-        batch, state = self._queue.get()
+        batch, state, event = self._queue.get()
         self.data_wait_s += time.perf_counter() - t0
         if isinstance(batch, BaseException):
             self._thread = None
             raise batch
+        if event is not None:  # the compute stream waits for the copy (on the device, not the host)
+            import torch  # CUDA only
+
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(event)
+            for key in _DEVICE_KEYS:
+                batch[key].record_stream(current)  # the allocator must not reuse it before compute ends
         self._state = state
         return batch
 
@@ -334,6 +360,23 @@ class PrefetchLoader:
         self.close()
         self.stream.set_phase(phase, weights, seq_len)
         self._state = self.stream.state_dict()
+
+
+_DEVICE_KEYS = ("input_ids", "labels")  # what the step reads on the device
+
+
+def _to_device(batch: dict[str, Any], device: Any, copy_stream: Any) -> tuple[dict[str, Any], Any]:
+    """input_ids and labels pinned and copied to `device` on `copy_stream`; returns the batch and
+    the event that marks the copies' end."""
+    import torch  # CUDA only
+
+    out = dict(batch)
+    with torch.cuda.stream(copy_stream):
+        for key in _DEVICE_KEYS:
+            out[key] = batch[key].contiguous().pin_memory().to(device, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record(copy_stream)
+    return out, event
 
 
 def _collate(samples: list[Sample]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -37,22 +38,39 @@ class DistEnv:
         return self.world_size > 1 or dist.is_initialized()
 
 
-def init_distributed(device_type: str) -> DistEnv:
+def init_distributed(device_type: str, timeout_s: float = 600.0) -> DistEnv:
     """Join the process group when launched by torchrun (env:// rendezvous) or by trainer/launch.py
-    (a file:// rendezvous in PRETRAIN_DIST_INIT); a no-op in a plain process."""
+    (a file:// rendezvous in PRETRAIN_DIST_INIT); a no-op in a plain process. Collectives time out
+    after `timeout_s`; on CUDA the group is bound to this rank's GPU (`device_id`), so NCCL
+    connects eagerly and a wrong device mapping fails here, not at the first all-reduce."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(
             backend="nccl" if device_type == "cuda" else "gloo",
             init_method=os.environ.get(INIT_ENV, "env://"),
             rank=int(os.environ["RANK"]),
             world_size=world_size,
+            timeout=timedelta(seconds=timeout_s),
+            device_id=torch.device("cuda", local_rank) if device_type == "cuda" else None,
         )
     rank = dist.get_rank() if dist.is_initialized() else 0
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_type == "cuda":
-        torch.cuda.set_device(local_rank)
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+class CollectiveTimeout(RuntimeError):
+    """A collective did not complete within the process group's timeout: a peer stalled or died."""
+
+
+def is_timeout(e: BaseException) -> bool:
+    """Whether `e` is a process-group collective that timed out (gloo: "Timed out waiting ... for
+    recv", NCCL's watchdog: "Watchdog caught collective operation timeout", torch's DistTimeoutError)."""
+    if isinstance(e, getattr(dist, "DistTimeoutError", ())):
+        return True
+    msg = str(e).lower()
+    return isinstance(e, RuntimeError) and ("timed out" in msg or "timeout" in msg)
 
 
 def barrier() -> None:

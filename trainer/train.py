@@ -45,7 +45,7 @@ from trainer.config import TrainConfig
 from trainer.data import PackedStream, PrefetchLoader, data_fingerprint, load_sources
 from trainer.metrics import reset_peak_memory
 from trainer.model import Transformer
-from trainer.parallelize import all_reduce_mean, init_distributed, parallelize
+from trainer.parallelize import CollectiveTimeout, all_reduce_mean, init_distributed, is_timeout, parallelize
 from trainer.schedule import PhaseSpan, Timeline, torch_lambda
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, callbacks: list[Callback] | None = None):
         self.cfg = cfg
         self.device = device = resolve_device(cfg.device)
-        self.env = env = init_distributed(device.type)
+        self.env = env = init_distributed(device.type, cfg.dist_timeout_s)
         if env.world_size > 1 and cfg.parallel == "none":
             raise ConfigError(
                 f"parallel: none in a world of {env.world_size} processes would train unsynchronised "
@@ -217,6 +217,7 @@ class Trainer:
                 self.env.rank,
                 self.env.world_size,
                 self.cfg.data.prefetch,
+                device=self.device,  # CUDA: pinned, copied on a side stream while the step runs
             )
         return self.loader
 
@@ -227,6 +228,21 @@ class Trainer:
         return done % self.log_every == 0 or done >= self.last_step or bool(every and done % every == 0)
 
     def step(self) -> dict[str, Any]:
+        """One optimizer step (see `_step`); a collective that times out becomes a CollectiveTimeout
+        naming this rank, the step and the timeout."""
+        try:
+            return self._step()
+        except Exception as e:
+            if not (self.env.distributed and is_timeout(e)):
+                raise
+            raise CollectiveTimeout(
+                f"rank {self.env.rank} of {self.env.world_size}: a collective did not complete within "
+                f"dist_timeout_s={self.cfg.dist_timeout_s:g} at step {self.step_num}: another rank stalled "
+                f"or died (its log: {self.run_dir / 'launch'}/rank<N>.log under nproc, or torchrun's); "
+                f"raise dist_timeout_s if the peers are only slow. Cause: {str(e).splitlines()[0][:300]}"
+            ) from e
+
+    def _step(self) -> dict[str, Any]:
         """One optimizer step; returns its metrics row. Callbacks guard, log and checkpoint it.
 
         Nothing here waits for the device on a step that does not log: the loss, the grad norm and
@@ -297,7 +313,9 @@ class Trainer:
         """Forward and backward over the micro-batches, then clip. The loss (mean over the global
         batch, all-reduced) and the grad norm stay on the device; the caller reads them once."""
         model, device = self.model, self.device
-        ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
+        # already there on CUDA (the loader's side stream); a no-op copy on CPU
+        ids = batch["input_ids"].to(device, non_blocking=True)
+        labels = batch["labels"].to(device, non_blocking=True)
         accum, mb = span.grad_accum_steps, span.micro_batch
         loss_sum = torch.zeros((), device=device)
         for micro in range(accum):

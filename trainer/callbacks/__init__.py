@@ -61,7 +61,8 @@ class Callback:
         """Once, after the model is built and a checkpoint (if any) restored."""
 
     def pre_step(self, trainer: TrainerView, step: int, batch: dict[str, Any]) -> None:
-        """Optimizer step `step` is about to run on `batch` (still on the host)."""
+        """Optimizer step `step` is about to run on `batch` (input_ids and labels already on the GPU
+        under CUDA, copied by the loader's side stream; index and source on the host)."""
 
     def pre_optim_step(self, trainer: TrainerView, step: int, metrics: dict[str, Any]) -> None:
         """Loss and grad norm are known; set metrics["skipped"] to a reason to skip the update."""

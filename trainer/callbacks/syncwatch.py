@@ -24,7 +24,11 @@ WATCHED = ("item", "cpu", "tolist")
 
 
 class HostSyncWatch(Callback):
-    def __init__(self):
+    """`cuda_sync_debug`: on a GPU also run the non-logging steps under
+    torch.cuda.set_sync_debug_mode("error"), so any synchronizing CUDA call raises there."""
+
+    def __init__(self, cuda_sync_debug: bool = False):
+        self.cuda_sync_debug = cuda_sync_debug and torch.cuda.is_available()
         self.non_log_calls = 0
         self.log_calls = 0
         self.calls: list[tuple[int, str]] = []  # (step, name) of each call on a non-logging step
@@ -49,8 +53,12 @@ class HostSyncWatch(Callback):
 
     def pre_step(self, trainer: TrainerView, step: int, batch: dict[str, Any]) -> None:
         self._step = None if trainer._is_log_step(step) else step
+        if self.cuda_sync_debug:
+            torch.cuda.set_sync_debug_mode("default" if self._step is None else "error")
 
     def close(self) -> None:
         self._step = None
+        if self.cuda_sync_debug:
+            torch.cuda.set_sync_debug_mode("default")
         for n, fn in self._orig.items():
             setattr(torch.Tensor, n, fn)
