@@ -252,3 +252,28 @@ def test_a_stalled_rank_times_out_with_a_message_naming_the_waiting_rank(shards,
         in err
     ), err[-3000:]
     assert "trainer rank 0 of 2 exited with code 1" in err, err[-3000:]
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])
+def test_bf16_is_one_regime_per_parallelism(shards, tmp_path, parallel):
+    """2 gloo ranks in bf16: FSDP2 computes in bf16 through its MixedPrecisionPolicy with no
+    autocast, DDP through autocast; both keep fp32 weights, gradients and AdamW states, and run the
+    backward outside autocast."""
+    run = tmp_path / "run"
+    config = _config(shards, run, nproc=2, parallel=parallel)
+    probe = "callbacks={tests.train_helpers.PrecisionProbe: {}}"
+    res = subprocess.run(
+        _cmd(config, "precision=bf16", "max_steps=2", probe), env=_env(), cwd=REPO, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    for rank in (0, 1):
+        seen = json.loads((run / f"precision_rank{rank}.json").read_text())
+        assert seen == {
+            "forward_out": "torch.bfloat16",
+            "forward_autocast": parallel == "ddp",
+            "backward_autocast": False,
+            "params": ["torch.float32"],
+            "grads": ["torch.float32"],
+            "optimizer": ["torch.float32"],
+        }, (rank, seen)

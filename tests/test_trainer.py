@@ -448,3 +448,25 @@ def test_device_guard_decides_as_the_host_reference():
     again = DeviceSpikeGuard(cfg, torch.device("cpu"))
     again.load_state_dict(state)
     assert again.state_dict() == state
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_one_device_precision_regime(shards, tmp_path, precision):
+    """One process: bf16 is autocast in the forward only; weights, gradients and AdamW states fp32."""
+    from tests.train_helpers import PrecisionProbe
+
+    run = tmp_path / "run"
+    summary = train(
+        _cfg(shards, run, [f"precision={precision}", "max_steps=2"]), callbacks=[PrecisionProbe()]
+    )
+    seen = json.loads((run / "precision_rank0.json").read_text())
+    bf16 = precision == "bf16"
+    assert seen == {
+        "forward_out": "torch.bfloat16" if bf16 else "torch.float32",
+        "forward_autocast": bf16,
+        "backward_autocast": False,
+        "params": ["torch.float32"],
+        "grads": ["torch.float32"],
+        "optimizer": ["torch.float32"],
+    }
+    assert np.isfinite(summary["final_loss"])

@@ -7,6 +7,7 @@ subprocess, through the config's `callbacks` (SLOW_STEPS)."""
 from __future__ import annotations
 
 import functools
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -193,6 +194,51 @@ class StallRank(Callback):
     def pre_step(self, trainer, step: int, batch: dict[str, Any]) -> None:
         if step == self.step and trainer.env.rank == self.rank:
             time.sleep(self.sleep_s)
+
+
+class PrecisionProbe(Callback):
+    """Records, on its first step, the dtypes a precision regime produces: a block's matmul output
+    and whether autocast was on in the forward and in the backward, then the parameters, gradients
+    and AdamW states. Writes run_dir/precision_rank<r>.json (launched ranks report through it)."""
+
+    def __init__(self):
+        self.seen: dict[str, Any] = {}
+        self._hooks: list = []
+
+    def pre_step(self, trainer, step: int, batch: dict[str, Any]) -> None:
+        if step != 0:
+            return
+        import torch
+
+        dev = trainer.device.type
+        mlp = getattr(trainer.model, "module", trainer.model).layers[0].mlp  # DDP wraps the model
+
+        def fwd(module, args, out):
+            self.seen["forward_out"] = str(out.dtype)
+            self.seen["forward_autocast"] = torch.is_autocast_enabled(dev)
+
+        def bwd(module, grad_in, grad_out):
+            self.seen["backward_autocast"] = torch.is_autocast_enabled(dev)
+
+        self._hooks = [mlp.down_proj.register_forward_hook(fwd), mlp.down_proj.register_full_backward_hook(bwd)]
+
+    def pre_optim_step(self, trainer, step: int, metrics: dict[str, Any]) -> None:
+        if step != 0:
+            return
+        for h in self._hooks:
+            h.remove()
+        local = lambda t: t.to_local() if hasattr(t, "to_local") else t  # noqa: E731 (FSDP2: DTensor)
+        params = [p for p in trainer.model.parameters() if p.requires_grad]
+        self.seen["params"] = sorted({str(local(p).dtype) for p in params})
+        self.seen["grads"] = sorted({str(local(p.grad).dtype) for p in params if p.grad is not None})
+
+    def post_step(self, trainer, step: int, metrics: dict[str, Any]) -> None:
+        if step != 0:
+            return
+        states = trainer.optimizer.state.values()
+        self.seen["optimizer"] = sorted({str(v.to_local().dtype if hasattr(v, "to_local") else v.dtype)
+                                         for s in states for k, v in s.items() if k in ("exp_avg", "exp_avg_sq")})  # fmt: skip
+        (trainer.run_dir / f"precision_rank{trainer.env.rank}.json").write_text(json.dumps(self.seen))
 
 
 def slow_steps(sleep_s: float, prefix: str = "") -> str:

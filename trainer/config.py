@@ -164,6 +164,11 @@ class TrainConfig:
     nproc: int = 1
     """Processes to start on this machine (one per GPU; trainer/launch.py, loopback only). Ignored
     under torchrun, which sets the world itself. Losses match one process within fp32 tolerance."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Compute precision. auto: bf16 on CUDA, fp32 on CPU. bf16 is one regime per parallelism:
+    FSDP2 casts parameters to bf16 with its MixedPrecisionPolicy (fp32 gradient reduction) and
+    runs no autocast; DDP and one device run the forward under bf16 autocast. Master weights,
+    gradients and optimizer states stay fp32 in both, and the backward runs outside autocast."""
     dist_timeout_s: float = 600.0
     """Collective timeout of the process group: a rank that waits longer than this for its peers
     (one stalled or died) fails with an error naming itself, the step and this setting, instead of

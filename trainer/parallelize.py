@@ -86,9 +86,15 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
 
 
 def parallelize(
-    model: nn.Module, mode: str, device: torch.device, activation_checkpointing: bool = False
+    model: nn.Module,
+    mode: str,
+    device: torch.device,
+    activation_checkpointing: bool = False,
+    param_dtype: torch.dtype | None = None,
 ) -> nn.Module:
-    """Wrap `model` (already on `device`, already initialised) for `mode`."""
+    """Wrap `model` (already on `device`, already initialised) for `mode`. `param_dtype` (FSDP2
+    only): the dtype its MixedPrecisionPolicy casts parameters to for compute, gradients reduced
+    in fp32; None: fp32 throughout."""
     if activation_checkpointing:
         for i, block in enumerate(model.layers):
             model.layers[i] = checkpoint_wrapper(block)
@@ -98,10 +104,9 @@ def parallelize(
         ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
     if mode == "fsdp2":
-        # bf16 compute with fp32 gradient reduction on GPU; fp32 throughout on CPU.
         mp = (
-            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-            if device.type == "cuda"
+            MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+            if param_dtype is not None
             else MixedPrecisionPolicy()
         )
         for block in model.layers:

@@ -121,7 +121,18 @@ class Trainer:
         self.flops_per_token_causal = {
             p.seq_len: model.flops_per_token(p.seq_len, causal=True) for p in cfg.curriculum.phases
         }
-        self.model = model = parallelize(model, cfg.parallel, device, cfg.activation_checkpointing)
+        # One precision regime per parallelism (TrainConfig.precision): FSDP2's MixedPrecisionPolicy
+        # or autocast, never both; fp32 master weights, gradients and optimizer states either way.
+        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+        fsdp = cfg.parallel == "fsdp2" and env.distributed
+        self.compute_dtype = torch.bfloat16 if bf16 else torch.float32
+        self.model = model = parallelize(
+            model,
+            cfg.parallel,
+            device,
+            cfg.activation_checkpointing,
+            torch.bfloat16 if bf16 and fsdp else None,
+        )
         self.fwd = torch.compile(model) if cfg.compile else model
         self.optimizer = torch.optim.AdamW(
             _param_groups(model),
@@ -173,8 +184,8 @@ class Trainer:
             log.info("resumed from %s at step %d", resume_from, self.step_num)
 
         self.autocast = (
-            (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
-            if device.type == "cuda"
+            (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+            if bf16 and not fsdp
             else contextlib.nullcontext
         )
         self._lock = lock_run_dir(self.run_dir) if env.is_main else None  # before the first write
@@ -325,12 +336,13 @@ class Trainer:
             )
             if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: reduce-scatter once per step
                 model.set_requires_gradient_sync(sync)
-            with no_sync, self.autocast():
-                _, loss = self.fwd(
-                    ids[micro * mb : (micro + 1) * mb],
-                    labels[micro * mb : (micro + 1) * mb],
-                    loss_chunk_tokens=self.cfg.loss_chunk_tokens,
-                )
+            with no_sync:
+                with self.autocast():  # the forward only: the backward runs outside autocast
+                    _, loss = self.fwd(
+                        ids[micro * mb : (micro + 1) * mb],
+                        labels[micro * mb : (micro + 1) * mb],
+                        loss_chunk_tokens=self.cfg.loss_chunk_tokens,
+                    )
                 (loss / accum).backward()
             loss_sum += loss.detach()
         loss = all_reduce_mean(loss_sum / accum)
