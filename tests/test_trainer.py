@@ -470,3 +470,20 @@ def test_one_device_precision_regime(shards, tmp_path, precision):
         "optimizer": ["torch.float32"],
     }
     assert np.isfinite(summary["final_loss"])
+
+
+@pytest.mark.slow
+def test_compiled_blocks_one_graph_per_sequence_length_and_eager_losses(shards, straight, tmp_path):
+    """compile=true on CPU (inductor): the two phases' sequence lengths (16, 32) give exactly two
+    compiled graphs, shared by the four blocks, and the 12 losses match the eager run within 1e-4."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    run = tmp_path / "run"
+    train(_cfg(shards, run, ["compile=true"]))
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
+    compiled, eager = _losses(run), _losses(straight)
+    assert len(compiled) == TOTAL_STEPS and max(abs(a - b) for a, b in zip(compiled, eager)) < 1e-4
+    torch._dynamo.reset()

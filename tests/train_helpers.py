@@ -220,7 +220,10 @@ class PrecisionProbe(Callback):
         def bwd(module, grad_in, grad_out):
             self.seen["backward_autocast"] = torch.is_autocast_enabled(dev)
 
-        self._hooks = [mlp.down_proj.register_forward_hook(fwd), mlp.down_proj.register_full_backward_hook(bwd)]
+        self._hooks = [
+            mlp.down_proj.register_forward_hook(fwd),
+            mlp.down_proj.register_full_backward_hook(bwd),
+        ]
 
     def pre_optim_step(self, trainer, step: int, metrics: dict[str, Any]) -> None:
         if step != 0:

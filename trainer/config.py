@@ -189,8 +189,10 @@ class TrainConfig:
     """Seed of the weight init and torch/python/numpy RNGs."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: cuda when available, else cpu. bf16 autocast on cuda, fp32 on cpu."""
-    compile: bool = False
-    """torch.compile the model (first steps pay the compile time)."""
+    compile: bool | None = None
+    """torch.compile each transformer block, before sharding (as torchtitan does): one graph per
+    phase's sequence length, shared by all blocks; the first step of each length pays the compile
+    time. null: on for CUDA, off on CPU."""
     max_steps: int | None = None
     """Stop after this optimizer step count (checkpointing there) instead of the timeline's end."""
     resume: bool = True

@@ -91,13 +91,17 @@ def parallelize(
     device: torch.device,
     activation_checkpointing: bool = False,
     param_dtype: torch.dtype | None = None,
+    compile: bool = False,
 ) -> nn.Module:
     """Wrap `model` (already on `device`, already initialised) for `mode`. `param_dtype` (FSDP2
     only): the dtype its MixedPrecisionPolicy casts parameters to for compute, gradients reduced
-    in fp32; None: fp32 throughout."""
+    in fp32; None: fp32 throughout. `compile`: compile each block (after activation checkpointing,
+    before sharding)."""
     if activation_checkpointing:
         for i, block in enumerate(model.layers):
             model.layers[i] = checkpoint_wrapper(block)
+    if compile:
+        compile_blocks(model)
     if mode == "none" or not dist.is_initialized():
         return model
     if mode == "ddp":
@@ -114,6 +118,14 @@ def parallelize(
         fully_shard(model, mp_policy=mp)
         return model
     raise ValueError(f"parallel={mode!r}: expected none, ddp or fsdp2")
+
+
+def compile_blocks(model: nn.Module) -> None:
+    """torch.compile every transformer block in place (`Module.compile`: state_dict keys unchanged),
+    with static shapes: a new sequence length compiles a new graph instead of a dynamic one. Call
+    after activation checkpointing wraps the blocks and before FSDP2 shards them."""
+    for block in model.layers:
+        block.compile(dynamic=False)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -132,8 +132,9 @@ class Trainer:
             device,
             cfg.activation_checkpointing,
             torch.bfloat16 if bf16 and fsdp else None,
+            compile=cfg.compile if cfg.compile is not None else device.type == "cuda",
         )
-        self.fwd = torch.compile(model) if cfg.compile else model
+        self.fwd = model  # compiled per block inside (parallelize), not as a whole
         self.optimizer = torch.optim.AdamW(
             _param_groups(model),
             lr=timeline.peak_lr,
