@@ -1,7 +1,8 @@
 """Training tokens/s (and MFU on a GPU): our per-step machinery vs a plain minimal loop, in one run.
 
     .venv/bin/python bench/train_throughput.py                    # CPU: tiny preset, seq 256
-    .venv/bin/python bench/train_throughput.py --preset 124m --seq-len 1024   # GPU default
+    .venv/bin/python bench/train_throughput.py --gpu            # 124m, seq 1024, bf16, compile (< 8 min)
+    .venv/bin/python bench/train_throughput.py --device cpu     # the same code path on CPU, tiny preset
 
 Both sides train the same trainer/model.py model (same init) with AdamW and clip 1.0:
 - minimal: random token batches already on the device; forward, backward, clip, step. No framework.
@@ -168,7 +169,18 @@ def timed(loop: MinimalLoop | OurLoop, start: int, steps: int, device: torch.dev
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    gpu = torch.cuda.is_available()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument(
+        "--gpu", action="store_true", help="the GPU run: 124m, seq 1024, bf16, compile; fails without CUDA"
+    )
+    pre.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                     help="cpu: dry-run the GPU script's code path with the tiny preset")  # fmt: skip
+    first, _ = pre.parse_known_args()
+    if first.gpu and not torch.cuda.is_available():
+        raise SystemExit("--gpu: no CUDA device on this machine")
+    gpu = first.gpu or (first.device != "cpu" and torch.cuda.is_available())
+    ap.add_argument("--gpu", action="store_true", help="the GPU run: 124m, seq 1024, bf16, compile")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--preset", default="124m" if gpu else "tiny")
     ap.add_argument("--seq-len", type=int, default=1024 if gpu else 256)
     ap.add_argument("--batch-size", type=int, default=16 if gpu else 4, help="samples per step")
@@ -188,6 +200,7 @@ def main() -> None:
         minimal = MinimalLoop(args, device)
         ours = OurLoop(args, device, Path(tmp), total)
         name = torch.cuda.get_device_name(device) if gpu else f"cpu ({torch.get_num_threads()} threads)"
+        t_start = time.perf_counter()
         print(
             f"{name}: preset {args.preset} ({unwrap(ours.model).num_params() / 1e6:.1f}M params), "
             f"seq {args.seq_len}, batch {args.batch_size}, compile {args.compile}, "
@@ -205,6 +218,7 @@ def main() -> None:
         for label, v in rates.items():
             print(f"  {label:8s} tokens/s per round: {' '.join(f'{x:.0f}' for x in v)}", flush=True)
         data_wait = ours.data_wait_fraction
+        bench_seconds = time.perf_counter() - t_start
         host_syncs = ours.syncs.non_log_calls
         mem = memory_snapshot(device)
         ours.close()
@@ -234,6 +248,7 @@ def main() -> None:
         else round(mfu(ours.flops_causal, best["ours"], ours.peak), 4),
         "data_wait_fraction": round(data_wait, 4),
         "host_syncs_non_log_steps": host_syncs,
+        "bench_seconds": round(bench_seconds, 1),
         "loss_peak_mem_ratio": round(loss_mem_ratio, 3),
         "loss_chunked_minus_full": abs(mem_chunked["loss"] - mem_full["loss"]),
         **{k: round(v, 3) for k, v in mem.items()},
