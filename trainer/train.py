@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -110,6 +111,9 @@ class Trainer:
         )
         self.last_step = min(cfg.max_steps or timeline.total_steps, timeline.total_steps)
 
+        if cfg.metrics.tensorboard and env.is_main:
+            with contextlib.suppress(ImportError):  # optional package; the logger says so if missing
+                importlib.import_module("torch.utils.tensorboard")  # before the baseline: not training memory
         reset_peak_memory(device)  # memory rows then report the peak above this pre-model baseline
         # Meta device then materialise: no wasted CPU init for big models, same seeded init everywhere.
         with torch.device("meta"):
