@@ -277,3 +277,17 @@ def test_bf16_is_one_regime_per_parallelism(shards, tmp_path, parallel):
             "grads": ["torch.float32"],
             "optimizer": ["torch.float32"],
         }, (rank, seen)
+
+
+def test_async_checkpoints_on_two_ranks_resume_to_the_same_losses(shards, launched, tmp_path):
+    """nproc=2 DDP with checkpoint.async_save: 6 steps, then a rerun to 12 from the step-6
+    checkpoint, gives the uninterrupted 2-rank run's losses exactly."""
+    reference, _, _ = launched
+    run = tmp_path / "run"
+    config = _config(shards, run, nproc=2, parallel="ddp")
+    for extra in (["max_steps=6"], []):
+        res = subprocess.run(_cmd(config, "checkpoint.async_save=true", *extra), env=_env(), cwd=REPO,
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert res.returncode == 0, res.stderr[-3000:]
+    assert [s for s, _ in ckpt.complete_checkpoints(run / "checkpoints")] == [8, 12]
+    assert _losses(run) == _losses(reference)

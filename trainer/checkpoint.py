@@ -19,6 +19,7 @@ import os
 import random
 import re
 import shutil
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,27 @@ def _dcp_quiet(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
+def _begin(root: Path, step: int) -> tuple[Path, Path]:
+    """Collective: rank 0 makes an empty `step_NNNNNN.tmp/`; returns (final, tmp)."""
+    final = step_dir(root, step)
+    tmp = final.with_name(final.name + ".tmp")
+    if _rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    return final, tmp
+
+
+def _finalize(root: Path, final: Path, tmp: Path, meta: dict[str, Any]) -> None:
+    """Rank 0, after every rank's files are in `tmp`: meta.json last, then the atomic rename."""
+    write_json(tmp / META, meta)  # last file: its presence marks completeness
+    if final.exists():  # re-saving a step after a resume
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    write_json(root / "latest", {"step": meta["step"], "path": final.name})
+
+
 def save_checkpoint(
     ckpt_dir: str | Path,
     step: int,
@@ -100,26 +122,78 @@ def save_checkpoint(
 ) -> Path:
     """Collective: every rank calls it. Returns the final directory."""
     root = Path(ckpt_dir)
-    final = step_dir(root, step)
-    tmp = final.with_name(final.name + ".tmp")
-    if _rank() == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    barrier()
+    final, tmp = _begin(root, step)
     model_sd, optim_sd = get_state_dict(model, optimizer)
     _dcp_quiet(dcp.save, {"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
     torch.save(rng_state(), tmp / f"rng_rank{_rank()}.pt")
     barrier()
     if _rank() == 0:
-        write_json(tmp / META, {**meta, "step": step})  # last file: its presence marks completeness
-        if final.exists():  # re-saving a step after a resume
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
-        write_json(root / "latest", {"step": step, "path": final.name})
+        _finalize(root, final, tmp, {**meta, "step": step})
         prune(root, keep_last, keep_every)
     barrier()
     return final
+
+
+class AsyncCheckpointer:
+    """Checkpoints written in the background, at most one in flight.
+
+        saver = AsyncCheckpointer()
+        saver.save(ckpt_dir, step, model, optimizer, meta, keep_last, keep_every)  # returns once staged
+        ...                                        # training goes on while the files are written
+        path = saver.finish()                      # collective: waits, then completes the checkpoint
+
+    save() copies the state to host memory (dcp.async_save's staging) and returns; DCP writes the
+    files from a thread, its collectives on a gloo group of their own (never the training group
+    from two threads). finish() (called by the next save() and at the end) waits for the write,
+    then rank 0 writes meta.json, renames the directory and prunes old checkpoints in a thread of
+    its own, off the training path. Until then the directory is `.tmp`, which loading ignores, so a
+    crash mid-write leaves the previous checkpoint the newest."""
+
+    def __init__(self) -> None:
+        self._pg = dist.new_group(backend="gloo") if dist.is_initialized() else None  # collective
+        self._pending: tuple | None = None
+        self._pruner: threading.Thread | None = None
+
+    def save(self, ckpt_dir: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+             meta: dict[str, Any], keep_last: int = 3, keep_every: int = 0) -> Path:  # fmt: skip
+        """Collective: finish the previous checkpoint, then stage this one and start its write."""
+        self.finish()
+        root = Path(ckpt_dir)
+        final, tmp = _begin(root, step)
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        future = _dcp_quiet(dcp.async_save, {"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp),
+                            process_group=self._pg)  # fmt: skip
+        torch.save(rng_state(), tmp / f"rng_rank{_rank()}.pt")
+        self._pending = (future, root, final, tmp, {**meta, "step": step}, keep_last, keep_every)
+        return final
+
+    @property
+    def in_flight(self) -> bool:
+        return self._pending is not None
+
+    def finish(self) -> Path | None:
+        """Collective: wait for the write in flight and complete its checkpoint; its path, or None."""
+        if self._pending is None:
+            return None
+        future, root, final, tmp, meta, keep_last, keep_every = self._pending
+        self._pending = None
+        future.result()
+        barrier()
+        if _rank() == 0:
+            _finalize(root, final, tmp, meta)
+            if self._pruner is not None:
+                self._pruner.join()
+            self._pruner = threading.Thread(target=prune, args=(root, keep_last, keep_every), daemon=True)
+            self._pruner.start()
+        barrier()
+        return final
+
+    def close(self) -> None:
+        """finish(), then wait for the pruning thread."""
+        self.finish()
+        if self._pruner is not None:
+            self._pruner.join()
+            self._pruner = None
 
 
 def _fsync_dir(path: Path) -> None:

@@ -82,6 +82,10 @@ class CheckpointConfig:
     """Keep the newest N complete checkpoints."""
     keep_every: int = 0
     """Also keep every checkpoint whose step is a multiple of K; 0 keeps none extra."""
+    async_save: bool = False
+    """Write checkpoints in the background (torch.distributed.checkpoint.async_save): the state is
+    copied to host memory, training goes on, and the write completes before the next save or at the
+    end, at most one in flight. A crash mid-write leaves the previous checkpoint the newest."""
 
     def __post_init__(self) -> None:
         check(self.every_steps >= 0, "every_steps", self.every_steps, ">= 0")

@@ -170,6 +170,8 @@ class Trainer:
             ProfilerCallback(cfg.metrics.profile_steps),
         ]
 
+        self.saver = ckpt.AsyncCheckpointer() if cfg.checkpoint.async_save else None  # collective
+        self._saving: tuple[int, Path] | None = None
         self.step_num = 0
         resume_from = ckpt.latest_checkpoint(self.ckpt_dir) if cfg.resume else None
         if resume_from is not None:
@@ -208,6 +210,8 @@ class Trainer:
     def restore(self, path: Path) -> dict[str, Any]:
         """Model, optimizer, this rank's RNG, scheduler and the callbacks' states from a checkpoint;
         returns its meta.json (the data loader is the caller's business)."""
+        if getattr(self, "saver", None) is not None:
+            self._finish_save()  # a rollback: the write in flight completes before weights change
         meta = ckpt.load_checkpoint(path, self.model, self.optimizer)
         self.scheduler.load_state_dict(meta["scheduler"])
         for cb in self.callbacks:
@@ -370,18 +374,33 @@ class Trainer:
             **{cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_key},
             "config": to_dict(self.cfg),
         }
-        path = ckpt.save_checkpoint(
-            self.ckpt_dir,
-            self.step_num,
-            self.model,
-            self.optimizer,
-            meta,
-            self.cfg.checkpoint.keep_last,
-            self.cfg.checkpoint.keep_every,
-        )
-        for cb in self.callbacks:
-            cb.on_save(self, self.step_num, path)
+        args = (self.ckpt_dir, self.step_num, self.model, self.optimizer, meta,
+                self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_every)  # fmt: skip
+        if self.saver is None:
+            path = ckpt.save_checkpoint(*args)
+            for cb in self.callbacks:
+                cb.on_save(self, self.step_num, path)
+            return path
+        self._finish_save()  # the previous one completes first: at most one in flight
+        path = self.saver.save(*args)
+        self._saving = (self.step_num, path)
         return path
+
+    def _finish_save(self) -> None:
+        """Complete the checkpoint in flight (async_save) and tell the callbacks it exists."""
+        if self.saver is not None and self.saver.in_flight:
+            step, _ = self._saving
+            path = self.saver.finish()
+            for cb in self.callbacks:
+                cb.on_save(self, step, path)
+
+    def finish_checkpoints(self) -> None:
+        """Collective, after the last step: complete the checkpoint still being written (async_save).
+        Not called on an error: the write in flight then stays `.tmp` and the previous checkpoint is
+        the newest, as after a crash."""
+        if self.saver is not None:
+            self._finish_save()
+            self.saver.close()
 
     def close(self) -> None:
         if self._pending:  # an error mid-window: keep what was computed
@@ -443,6 +462,7 @@ def train(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> dict[str
     try:
         while not trainer.done:
             trainer.step()
+        trainer.finish_checkpoints()
     finally:
         trainer.close()
     summary = trainer.summary()
