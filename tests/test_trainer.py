@@ -381,8 +381,8 @@ def test_callbacks_by_import_path_from_the_config(shards, tmp_path):
 def test_profiler_writes_a_trace_of_the_chosen_steps(shards, tmp_path):
     run = tmp_path / "run"
     train(_cfg(shards, run, ["metrics.profile_steps=[1, 2]", "max_steps=3"]))
-    assert [p.name for p in (run / "profile").iterdir()] == ["steps_1-2_rank0.json"]
-    trace = json.loads((run / "profile" / "steps_1-2_rank0.json").read_text())
+    assert [p.name for p in (run / "profile").iterdir()] == ["steps_1-2_rank0.pt.trace.json"]
+    trace = json.loads((run / "profile" / "steps_1-2_rank0.pt.trace.json").read_text())
     names = {e.get("name", "") for e in trace["traceEvents"]}
     assert any("aten::mm" in n or "aten::addmm" in n for n in names), sorted(names)[:20]
     with pytest.raises(ConfigError, match="profile_steps"):

@@ -1,9 +1,10 @@
 """torch.profiler traces of chosen steps (`metrics.profile_steps`), off by default.
 
-    pretrain train --config X metrics.profile_steps=[10,11,12]   # -> run_dir/profile/*.json
+    pretrain train --config X metrics.profile_steps=[10,11,12]   # -> run_dir/profile/*.pt.trace.json
 
-Each run of consecutive listed steps is one trace per rank, `steps_<first>-<last>_rank<r>.json`,
-in Chrome trace format (open in Perfetto or chrome://tracing). CUDA activity is recorded on a GPU.
+Each run of consecutive listed steps is one trace per rank, `steps_<first>-<last>_rank<r>.pt.trace.json`,
+in Chrome trace format: open it in Perfetto or chrome://tracing, or point TensorBoard's PyTorch
+profiler plugin at run_dir/profile (it reads `*.pt.trace.json`). CUDA activity is recorded on a GPU.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class ProfilerCallback(Callback):
         if trainer.device.type == "cuda":
             torch.cuda.synchronize(trainer.device)
         prof.__exit__(None, None, None)
-        out = trainer.run_dir / "profile" / f"steps_{self._first}-{last}_rank{trainer.env.rank}.json"
+        out = trainer.run_dir / "profile" / f"steps_{self._first}-{last}_rank{trainer.env.rank}.pt.trace.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         prof.export_chrome_trace(str(out))
         log.info("profile of steps %d-%d written to %s", self._first, last, out)
