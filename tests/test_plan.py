@@ -311,7 +311,8 @@ print(json.dumps(max(r["mem_peak_above_base_gib"] for r in read_metrics(cfg.run_
 
 
 def _measured_peak_bytes(tmp: Path, preset: str, seq_len: int, micro_batch: int, *, steps: int = 3,
-                         ckpt: bool = False, env: dict | None = None, device: str = "cpu") -> float:  # fmt: skip
+                         ckpt: bool = False, env: dict | None = None, device: str = "cpu",
+                         loss_chunk_tokens: int = 4096) -> float:  # fmt: skip
     """Train `steps` steps in a fresh process (one micro-batch per step) and return the largest
     mem_peak_above_base_gib the trainer logged, in bytes."""
     from pretrain.core.token_shards import write_token_manifest, write_token_shard
@@ -342,6 +343,7 @@ def _measured_peak_bytes(tmp: Path, preset: str, seq_len: int, micro_batch: int,
         },  # fmt: skip
         "data": {"sources": {"web": str(tmp / "shards")}, "tokenizer_hash": "tok-test"},
         "activation_checkpointing": ckpt,
+        "loss_chunk_tokens": loss_chunk_tokens,
         "checkpoint": {"every_steps": 0},
         "device": device,
         "metrics": {"progress": False, "memory_every": 1},
@@ -361,10 +363,12 @@ def _measured_peak_bytes(tmp: Path, preset: str, seq_len: int, micro_batch: int,
     return float(out.stdout.strip().splitlines()[-1]) * 2**30
 
 
-def _cpu_estimate(preset: str, seq_len: int, micro_batch: int, ckpt: bool = False) -> float:
+def _cpu_estimate(
+    preset: str, seq_len: int, micro_batch: int, ckpt: bool = False, loss_chunk_tokens: int = 4096
+) -> float:
     return memory_estimate(
         model_config(preset), seq_len=seq_len, micro_batch=micro_batch, precision="fp32", device="cpu",
-        activation_checkpointing=ckpt,
+        activation_checkpointing=ckpt, loss_chunk_tokens=loss_chunk_tokens,
     ).peak  # fmt: skip
 
 
@@ -382,10 +386,14 @@ def test_tiny_estimate_within_20_percent_of_trainer_peak(tmp_path, phase):
 def test_tiny_checkpointed_estimate_with_allocator_returning_memory(tmp_path):
     """With glibc's mmap threshold pinned low, freed tensors go back to the OS and RSS tracks the
     live bytes: the estimate (tensors + the runtime constant) then holds to within 8%, with
-    activation checkpointing too (where default glibc keeps the most freed memory)."""
+    activation checkpointing too (where default glibc keeps the most freed memory). Measured with
+    the full-logits loss: the chunked loss leaves about 180 MiB, of which the non-tensor runtime
+    (which varies by some 20 MiB between a warm checkout and a fresh clone's first run) is half,
+    too large a share to test the tensor model to 8%; the chunked head is checked within 3%
+    against live tensors above and to 20% here."""
     env = {"MALLOC_MMAP_THRESHOLD_": "65536"}
-    measured = _measured_peak_bytes(tmp_path, "tiny", 128, 16, ckpt=True, env=env)
-    estimate = _cpu_estimate("tiny", 128, 16, ckpt=True)
+    measured = _measured_peak_bytes(tmp_path, "tiny", 128, 16, ckpt=True, env=env, loss_chunk_tokens=0)
+    estimate = _cpu_estimate("tiny", 128, 16, ckpt=True, loss_chunk_tokens=0)
     assert estimate == pytest.approx(measured, rel=0.08), (estimate / MiB, measured / MiB)
 
 
