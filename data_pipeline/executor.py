@@ -28,7 +28,7 @@ from pretrain.core.files import read_json, write_json
 from pretrain.core.hashing import file_fingerprint
 from pretrain.core.progress import Progress
 from pretrain.core.runner import raise_errors, run_tasks
-from pretrain.core.shards import write_manifest
+from pretrain.core.shards import remove_unlisted, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -133,13 +133,7 @@ def _remove_stale(out: Path, names: list[str], shards: set[str]) -> None:
     """Drop outputs of inputs (or languages) no longer in the run and temp files of killed tasks."""
     keep = {f"shards/{s}" for s in shards}
     keep |= {f"rejects/{n}{suffix}.parquet" for n in names for suffix in ("", ".exact_dedup")}
-    for sub in ("shards", "rejects"):
-        for f in sorted((out / sub).rglob("*"), reverse=True):  # files before their folders
-            if f.is_dir():
-                if not any(f.iterdir()):
-                    f.rmdir()
-            elif f.relative_to(out).as_posix() not in keep:
-                f.unlink()
+    remove_unlisted(out, keep)
     for f in (out / "_work").rglob(".*.tmp"):
         f.unlink()
 

@@ -29,7 +29,7 @@ from pretrain.core.hashing import file_fingerprint
 from pretrain.core.progress import Progress
 from pretrain.core.runner import ensure_ray, raise_errors, run_tasks
 from pretrain.core.sections import TaskConfig
-from pretrain.core.shards import list_shards, shard_relpath, write_manifest
+from pretrain.core.shards import list_shards, remove_unlisted, shard_relpath, write_manifest
 
 
 @dataclass
@@ -228,13 +228,7 @@ def run_minhash_dedup(cfg: MinHashRunConfig) -> dict[str, Any]:
     progress.stop()
 
     keep = {f"shards/{r}" for r in rels} | {f"rejects/{n}.parquet" for n in names}
-    for sub in ("shards", "rejects"):
-        for f in sorted((out / sub).rglob("*"), reverse=True):  # files before their folders
-            if f.is_dir():
-                if not any(f.iterdir()):
-                    f.rmdir()
-            elif f.relative_to(out).as_posix() not in keep:
-                f.unlink()
+    remove_unlisted(out, keep)
     sizes: Counter = Counter()
     for rec in surv.values():
         sizes.update({int(k): v for k, v in rec["cluster_sizes"].items()})

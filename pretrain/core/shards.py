@@ -134,6 +134,21 @@ def shard_relpath(stage_dir: str | Path, path: str | Path, kind: str = "shards")
     return Path(path).relative_to(Path(stage_dir) / kind).as_posix()
 
 
+def remove_unlisted(
+    stage_dir: str | Path, keep: set[str], kinds: tuple[str, ...] = ("shards", "rejects")
+) -> None:
+    """Delete the files under stage_dir/<kind>/ whose path relative to stage_dir is not in `keep`
+    (outputs of inputs, or language folders, no longer in the run), then the folders left empty."""
+    stage_dir = Path(stage_dir)
+    for kind in kinds:
+        for f in sorted((stage_dir / kind).rglob("*"), reverse=True):  # files before their folders
+            if f.is_dir():
+                if not any(f.iterdir()):
+                    f.rmdir()
+            elif f.relative_to(stage_dir).as_posix() not in keep:
+                f.unlink()
+
+
 def write_manifest(stage_dir: str | Path, **fields: Any) -> None:
     write_json(Path(stage_dir) / "manifest.json", {"version": MANIFEST_VERSION, **fields})
 
