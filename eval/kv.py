@@ -22,7 +22,7 @@ Cache = list[list[torch.Tensor | None]]
 
 
 def new_cache(model: Any) -> Cache:
-    return [[None, None] for _ in model.layers]
+    return [[None, None] for _ in model.layers.values()]
 
 
 def cached_forward(
@@ -53,7 +53,7 @@ def cached_forward(
     else:
         assert start == 0, f"a prefill without key_valid starts at column 0, not {start}"
     x = model.embed_tokens(idx)
-    for layer, kv in zip(model.layers, cache):
+    for layer, kv in zip(model.layers.values(), cache):
         attn = layer.self_attn
         q, k, v = attn.qkv(layer.input_layernorm(x), cos, sin)  # (B, H, T, head_dim)
         if kv[0] is None:

@@ -118,7 +118,7 @@ def reference_attention(attn, x, cos, sin):
 @pytest.mark.parametrize("num_kv_heads", [1, 2, 4])
 def test_gqa_attention_matches_explicit_reference(num_kv_heads):
     m = model_for(tiny(num_kv_heads=num_kv_heads))
-    attn = m.layers[0].self_attn
+    attn = m.layers["0"].self_attn
     assert attn.k_proj.weight.shape == (num_kv_heads * 8, 32)
     x = torch.randn(2, 9, 32)
     cos, sin = m.rope_cos[:9], m.rope_sin[:9]
@@ -128,8 +128,8 @@ def test_gqa_attention_matches_explicit_reference(num_kv_heads):
 def test_qk_norm_runs_and_changes_output():
     idx = torch.randint(0, 64, (2, 8))
     plain, normed = model_for(tiny()), model_for(tiny(qk_norm=True))
-    assert normed.layers[0].self_attn.q_norm.weight.shape == (8,)
-    assert plain.layers[0].self_attn.q_norm is None
+    assert normed.layers["0"].self_attn.q_norm.weight.shape == (8,)
+    assert plain.layers["0"].self_attn.q_norm is None
     assert normed.num_params() - plain.num_params() == 2 * 2 * 8
     normed.load_state_dict(plain.state_dict(), strict=False)  # same projections, only the norms differ
     assert not torch.allclose(plain(idx), normed(idx), atol=1e-4)
@@ -164,7 +164,7 @@ def test_scaled_residual_init():
     cfg = ModelConfig(vocab_size=256, dim=256, num_layers=8, num_heads=4, num_kv_heads=4)
     m = Transformer(cfg)
     scaled = 0.02 / math.sqrt(16)
-    for layer in m.layers:
+    for layer in m.layers.values():
         assert layer.self_attn.o_proj.weight.std().item() == pytest.approx(scaled, rel=0.05)
         assert layer.mlp.down_proj.weight.std().item() == pytest.approx(scaled, rel=0.05)
         assert layer.self_attn.q_proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
@@ -188,8 +188,10 @@ def test_init_weights_after_meta_device_matches_eager_init():
 
 
 def test_preset_sizes_and_ffn_rule():
-    # Counted on the meta device (no memory); all presets tie embeddings, vocab 50304 except tiny.
-    expected = {"tiny": (1e6, 5e6), "124m": (110e6, 135e6), "350m": (330e6, 380e6), "1b": (1.0e9, 1.3e9)}
+    # Counted on the meta device (no memory); vocab 50304 except tiny and 8b (Llama 3's 128256,
+    # untied: Meta-Llama-3-8B's 8,030,261,248 exactly); the others tie embeddings.
+    expected = {"tiny": (1e6, 5e6), "124m": (110e6, 135e6), "350m": (330e6, 380e6), "1b": (1.0e9, 1.3e9),
+                "8b": (8_030_261_248, 8_030_261_248)}  # fmt: skip
     assert set(PRESETS) == set(expected)
     for name, (lo, hi) in expected.items():
         with torch.device("meta"):

@@ -211,7 +211,7 @@ class PrecisionProbe(Callback):
         import torch
 
         dev = trainer.device.type
-        mlp = getattr(trainer.model, "module", trainer.model).layers[0].mlp  # DDP wraps the model
+        mlp = getattr(trainer.model, "module", trainer.model).layers["0"].mlp  # DDP wraps the model
 
         def fwd(module, args, out):
             self.seen["forward_out"] = str(out.dtype)
@@ -248,3 +248,73 @@ def slow_steps(sleep_s: float, prefix: str = "") -> str:
     """The dotted override that adds SlowSteps(sleep_s) to a config run in a subprocess (every rank
     imports it by name), e.g. `slow_steps(0.3)` or `slow_steps(0.25, "train.")` for `pretrain run`."""
     return f"{prefix}callbacks={{tests.train_helpers.SlowSteps: {{sleep_s: {sleep_s}}}}}"
+
+
+class RecordStorage(Callback):
+    """Writes run_dir/storage_rank<R>.json at the start: this rank's local parameter elements (a
+    DTensor's own shard) and the full model's, to tell FSDP2's sharding from DDP's replicas."""
+
+    def on_train_start(self, trainer):
+        local = full = 0
+        for p in trainer.model.parameters():
+            local += (p.to_local() if hasattr(p, "to_local") else p).numel()
+            full += p.numel()
+        path = Path(trainer.run_dir) / f"storage_rank{trainer.env.rank}.json"
+        path.write_text(json.dumps({"local": local, "full": full}))
+
+
+# Issue 14's layouts (tests/test_mesh.py, bench/parallel_layouts.py): name -> (nproc, parallel, other
+# top-level settings). Each trains the same 20 steps as one process; see layout_config.
+STEPS = 20
+LAYOUTS = {
+    "ddp": (2, "ddp"),
+    "fsdp2": (2, "fsdp2"),
+    "hsdp_2x2": (4, {"dp_replicate": 2, "dp_shard": 2}),
+    "fsdp2_x_tp_2x2": (4, {"dp_shard": 2, "tp": 2}),
+    "pp2_gpipe": (2, {"dp_shard": 1, "pp": 2, "pp_schedule": "gpipe"}),
+    "pp2_1f1b": (2, {"dp_shard": 1, "pp": 2, "pp_schedule": "1f1b"}),
+    "pp2_interleaved_x_fsdp2": (
+        4,
+        {"dp_shard": 2, "pp": 2, "pp_schedule": "interleaved_1f1b", "pp_stages_per_rank": 2},
+    ),
+    # the other FSDP2 regimes: reduce-scatter every micro-batch, ZeRO-2 (no reshard after the
+    # forward), and selective activation checkpointing of every 2nd block
+    "fsdp2_micro_sync_zero2_ac2": (
+        2,
+        {"dp_shard": 2, "grad_sync": "micro", "reshard_after_forward": False},
+        {"activation_checkpointing": True, "ac_every": 2},
+    ),
+}
+
+
+def layout_config(shards: Path, run_dir: Path, nproc: int = 1, parallel="none", **top) -> dict:
+    """20 steps: "short" (seq 16, 32 samples: accumulation 4 / 2 / 1 at dp 1 / 2 / 4) then "long"
+    (seq 32, 16 samples) from step 10; a checkpoint at 10 and 20."""
+    phases = [
+        dict(name="short", num_tokens=10 * 512, mixture={"web": 0.8, "code": 0.2}, seq_len=16,
+             global_batch_tokens=512, micro_batch_size=8, lr_max=3e-3),
+        dict(name="long", num_tokens=10 * 512, mixture={"web": 0.4, "code": 0.6}, seq_len=32,
+             global_batch_tokens=512, micro_batch_size=4, lr_max=3e-3),
+    ]  # fmt: skip
+    cfg = {
+        "run_dir": str(run_dir),
+        "model": "tiny",
+        "model_overrides": {"dim": 64, "num_layers": 4, "vocab_size": VOCAB, "max_seq_len": 64,
+                            "tie_embeddings": False},
+        "curriculum": {"phases": phases, "schedule": {"warmup_steps": 2, "decay_fraction": 0.3}},
+        "data": {"sources": {"web": str(shards), "code": str(shards)}, "tokenizer_hash": "tok-test", "seed": 3},
+        "optim": {"eps": 1e-6},
+        "checkpoint": {"every_steps": 10, "keep_last": 3},
+        "seed": 7,
+        "device": "cpu",
+        "nproc": nproc,
+        "parallel": parallel,
+        "metrics": {"progress": False, "tensorboard": False},
+        "callbacks": {"tests.train_helpers.RecordStorage": {}},
+    }  # fmt: skip
+    cfg.update(top)
+    return cfg
+
+
+def layout_rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pretrain.core.config import check
 from pretrain.core.tokenizer_file import load_tokenizer
+from trainer.layout_config import MESH_DIMS, SHORT_FORMS, ParallelConfig  # noqa: F401 (re-exported)
 from trainer.model_config import ModelConfig, preset
 from trainer.schedule import CurriculumConfig, default_tiny_curriculum
 
@@ -163,22 +164,29 @@ class TrainConfig:
     """ModelConfig fields overriding the preset, e.g. {dim: 64, vocab_size: 512}."""
     curriculum: CurriculumConfig = field(default_factory=default_tiny_curriculum)
     """Phases and LR schedule."""
-    parallel: Literal["none", "ddp", "fsdp2"] = "none"
-    """Data parallelism under torchrun or nproc > 1; ignored (plain module) in a single process."""
+    parallel: ParallelConfig | Literal["none", "ddp", "fsdp2"] = "none"
+    """The device mesh (ParallelConfig: parallel.dp_shard, parallel.tp, parallel.pp, ...), or a
+    short form: none (one process), ddp, fsdp2. Loaded as a ParallelConfig either way."""
     nproc: int = 1
     """Processes to start on this machine (one per GPU; trainer/launch.py, loopback only). Ignored
     under torchrun, which sets the world itself. Losses match one process within fp32 tolerance."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """Compute precision. auto: bf16 on CUDA, fp32 on CPU. bf16 is one regime per parallelism:
-    FSDP2 casts parameters to bf16 with its MixedPrecisionPolicy (fp32 gradient reduction) and
-    runs no autocast; DDP and one device run the forward under bf16 autocast. Master weights,
-    gradients and optimizer states stay fp32 in both, and the backward runs outside autocast."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Compute precision. auto: bf16 on CUDA, fp32 on CPU. bf16 and fp16 are one regime per
+    parallelism: FSDP2 casts parameters with its MixedPrecisionPolicy (fp32 gradient reduction)
+    and runs no autocast; DDP and one device run the forward under autocast. Master weights,
+    gradients and optimizer states stay fp32, and the backward runs outside autocast. fp16 (GPUs
+    without bf16) adds dynamic loss scaling (torch.amp.GradScaler): a step whose gradients
+    overflow is skipped on the device (reason `overflow` in metrics.jsonl) and the scale halves;
+    `loss_scale` is logged."""
     dist_timeout_s: float = 600.0
     """Collective timeout of the process group: a rank that waits longer than this for its peers
     (one stalled or died) fails with an error naming itself, the step and this setting, instead of
     hanging. NCCL's and gloo's own default is 10 minutes; raise it for slow checkpoint storage."""
     activation_checkpointing: bool = False
-    """Recompute each block in the backward pass to save memory."""
+    """Recompute blocks in the backward pass to save memory (every `ac_every`-th block)."""
+    ac_every: int = 1
+    """Selective activation checkpointing by layer: checkpoint blocks 0, k, 2k, ... (1: all of
+    them). The planner counts the same blocks."""
     loss_chunk_tokens: int = 4096
     """The loss is computed this many tokens at a time, each chunk's logits turned into its loss and
     gradients at once (trainer/model.py `chunked_linear_cross_entropy`), so the fp32
@@ -216,12 +224,23 @@ class TrainConfig:
         check(bool(self.run_dir), "run_dir", self.run_dir, "a directory path")
         check(self.grad_clip >= 0, "grad_clip", self.grad_clip, ">= 0")
         check(self.nproc >= 1, "nproc", self.nproc, ">= 1")
+        check(self.ac_every >= 1, "ac_every", self.ac_every, ">= 1")
+        if isinstance(self.parallel, str):
+            check(
+                self.nproc == 1 or self.parallel != "none",
+                "parallel",
+                self.parallel,
+                f"ddp or fsdp2 with nproc={self.nproc} (none would train unsynchronised copies)",
+            )
+            self.parallel = ParallelConfig(**SHORT_FORMS[self.parallel])
         check(
-            self.nproc == 1 or self.parallel != "none",
-            "parallel",
-            self.parallel,
-            f"ddp or fsdp2 with nproc={self.nproc} (none would train unsynchronised copies)",
+            not (self.parallel.cpu_offload and self.device == "cpu"),
+            "parallel.cpu_offload",
+            True,
+            "false with device=cpu (the parameters already live in host memory; offload needs a GPU)",
         )
+        if self.nproc > 1:  # a local launch: the layout is checked before any rank starts
+            self.parallel.check_model(self.model_config(), self.nproc)
         check(self.max_steps is None or self.max_steps > 0, "max_steps", self.max_steps, "> 0 or null")
         check(
             self.loss_chunk_tokens >= 0, "loss_chunk_tokens", self.loss_chunk_tokens, ">= 0 (0: full logits)"

@@ -101,8 +101,9 @@ def _stop(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
             p.wait()
 
 
-def launch_local(cfg: TrainConfig, poll_s: float = 0.2) -> dict[str, Any]:
-    """Train `cfg` in `cfg.nproc` local processes; returns rank 0's summary."""
+def launch_local(cfg: TrainConfig, poll_s: float = 0.2, command: str = "train") -> dict[str, Any]:
+    """Train `cfg` in `cfg.nproc` local processes; returns rank 0's summary. `command`: the
+    `python -m trainer` subcommand the ranks run (`build`: build the model only and report memory)."""
     nproc = cfg.nproc
     if nproc < 2:
         raise ValueError(f"launch_local needs nproc >= 2, got {nproc}")
@@ -110,8 +111,9 @@ def launch_local(cfg: TrainConfig, poll_s: float = 0.2) -> dict[str, Any]:
         gpus = torch.cuda.device_count()
         if gpus and nproc > gpus:
             raise LaunchError(f"nproc={nproc} but this machine has {gpus} GPUs (one process per GPU)")
-    # A batch that cannot split over nproc ranks fails here, once, not in every rank.
-    Timeline.build(cfg.curriculum.phases, cfg.curriculum.schedule, nproc)
+    # A batch that cannot split over the data-parallel ranks fails here, once, not in every rank.
+    d = cfg.parallel.degrees(nproc)
+    Timeline.build(cfg.curriculum.phases, cfg.curriculum.schedule, d["dp_replicate"] * d["dp_shard"])
     work = Path(cfg.run_dir) / "launch"
     work.mkdir(parents=True, exist_ok=True)
     config = work / "config.yaml"
@@ -120,7 +122,7 @@ def launch_local(cfg: TrainConfig, poll_s: float = 0.2) -> dict[str, Any]:
     # A fresh store file per launch: FileStore must not find a dead group's keys.
     store = work / f"store-{os.getpid()}-{time.time_ns()}"
     threads = max(1, (os.cpu_count() or 1) // nproc)
-    cmd = [sys.executable, "-m", "trainer", "train", "--config", str(config)]
+    cmd = [sys.executable, "-m", "trainer", command, "--config", str(config)]
     procs: list[subprocess.Popen] = []
     logs: list[Path | None] = []
     # Elsewhere (macOS) a kill -9 of the launcher leaves the ranks running; stop them by group.

@@ -11,7 +11,9 @@ Parallelism, compile and checkpointing wrap this module from outside (trainer/pa
 
 from __future__ import annotations
 
+import importlib
 import math
+import zlib
 from typing import Any
 
 import torch
@@ -74,9 +76,10 @@ class Attention(nn.Module):
         """Queries (B, H, T, head_dim), keys and values (B, kv_heads, T, head_dim), QK-norm and RoPE
         applied; cos/sin are (T, head_dim) or per row (B, 1, T, head_dim) (eval's KV cache)."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
+        # -1 heads: under tensor parallelism each rank holds num_heads / tp of them
+        q = self.q_proj(x).view(B, T, -1, self.head_dim)
+        k = self.k_proj(x).view(B, T, -1, self.head_dim)
+        v = self.v_proj(x).view(B, T, -1, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, head_dim)
@@ -87,9 +90,7 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x, cos, sin)
         # enable_gqa repeats each kv head for num_heads // num_kv_heads consecutive query heads,
         # the same grouping as HF repeat_kv; the flash kernel handles it without copying.
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads
-        )
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, dim)
 
 
@@ -129,10 +130,10 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int
+        ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int, mean: bool = True
     ) -> torch.Tensor:
         valid = targets != -100
-        count = valid.sum().clamp(min=1)
+        count = valid.sum().clamp(min=1) if mean else torch.ones((), dtype=torch.long, device=h.device)
         loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(h) if need_h else None
@@ -170,15 +171,39 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         # Scaled in place (the backward runs once): the stored gradients become the returned ones.
         gh = grad_h.mul_(scale.to(grad_h.dtype)) if grad_h is not None else None
         gw = grad_w.mul_(scale).to(ctx.weight_dtype) if grad_w is not None else None
-        return gh, gw, None, None
+        return gh, gw, None, None, None
 
 
 def chunked_linear_cross_entropy(
-    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_tokens: int
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_tokens: int, reduction: str = "mean"
 ) -> torch.Tensor:
     """F.cross_entropy(h @ weight.T, targets, ignore_index=-100) with at most `chunk_tokens` rows of
     fp32 logits in memory at a time, in the forward and in the backward. h: (N, dim), targets: (N,)."""
-    return _ChunkedLinearCrossEntropy.apply(h, weight, targets, chunk_tokens)
+    return _ChunkedLinearCrossEntropy.apply(h, weight, targets, chunk_tokens, reduction == "mean")
+
+
+def canonical_name(name: str) -> str:
+    """A parameter's model name without the wrappers' infixes (activation checkpointing, compile)."""
+    return name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
+
+
+@torch.no_grad()
+def init_param(param: torch.Tensor, make, seed: int | None = None) -> None:
+    """Fill `param` with `make(shape, device, generator)` of its full (global) shape; a DTensor
+    (FSDP2/TP shard) keeps its own piece of that full tensor. The generator is seeded with `seed`
+    on the parameter's device, so a sharded and an unsharded parameter get the same values."""
+    local = param.to_local() if hasattr(param, "to_local") else param
+    g = torch.Generator(device=local.device)
+    if seed is not None:
+        g.manual_seed(seed)
+    full = make(tuple(param.shape), local.device, g).to(param.dtype)
+    if local is param:
+        param.copy_(full)
+        return
+    mod = importlib.import_module("torch.distributed.tensor")  # only for sharded parameters
+    piece = mod.distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+    local.copy_(piece.to_local())
+    del full, piece
 
 
 class Transformer(nn.Module):
@@ -186,7 +211,9 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        # A dict keyed "0".."n-1" (same state_dict keys as a list): a pipeline stage deletes the
+        # blocks it does not own and the rest keep their names, so checkpoints move across layouts.
+        self.layers = nn.ModuleDict({str(i): Block(cfg) for i in range(cfg.num_layers)})
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         # Derived, not state: non-persistent so checkpoints hold only weights.
@@ -195,52 +222,80 @@ class Transformer(nn.Module):
         self.init_weights()
 
     @torch.no_grad()
-    def init_weights(self) -> None:
-        """(Re)initialise weights and RoPE tables; call after `to_empty()` from the meta device."""
-        if self.cfg.tie_embeddings:  # here, not only in __init__: to_empty() unties shared parameters
-            self.lm_head.weight = self.embed_tokens.weight
-        device = self.embed_tokens.weight.device
+    def init_weights(self, seed: int | None = None) -> None:
+        """(Re)initialise weights and RoPE tables; call after `to_empty()` from the meta device.
+
+        Each parameter is drawn from a generator of its own, seeded by (`seed`, its name), so its
+        values do not depend on which other parameters exist, their order or their sharding: a
+        model built on `meta`, split into pipeline stages or sharded by FSDP2/TP and initialised
+        here holds exactly the single-process weights (a sharded parameter draws its full tensor,
+        one at a time, and keeps its own shard). seed None: drawn from torch's global RNG."""
+        if self.cfg.tie_embeddings and self.embed_tokens is not None and self.lm_head is not None:
+            self.lm_head.weight = self.embed_tokens.weight  # to_empty() unties shared parameters
+        device = next(self.parameters()).device
+        if device.type == "meta":  # built on meta: initialised after to_empty(), per shard
+            return
+        if seed is None:
+            seed = int(torch.randint(2**62, (1,), device="cpu"))
         cos, sin = rope_cos_sin(self.cfg.head_dim, torch.arange(self.cfg.max_seq_len), self.cfg.rope_theta)
         self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
         std = self.cfg.init_std
-        for name, module in self.named_modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                # GPT-2/nanoGPT: each block adds two residual writes, so scale them down with depth.
-                scaled = name.endswith(("o_proj", "down_proj"))
-                nn.init.normal_(
-                    module.weight, std=std / math.sqrt(2 * self.cfg.num_layers) if scaled else std
-                )
-            elif isinstance(module, RMSNorm):
-                nn.init.ones_(module.weight)
+        for name, param in self.named_parameters():
+            name = canonical_name(name)
+            if name.endswith("norm.weight"):
+                init_param(param, lambda shape, dev, g: torch.ones(shape, device=dev))
+                continue
+            # GPT-2/nanoGPT: each block adds two residual writes, so scale them down with depth.
+            s = (
+                std / math.sqrt(2 * self.cfg.num_layers)
+                if name.endswith(("o_proj.weight", "down_proj.weight"))
+                else std
+            )
+            g_seed = (seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63
+            init_param(
+                param,
+                lambda shape, dev, g, s=s: torch.empty(shape, device=dev).normal_(0.0, s, generator=g),
+                g_seed,
+            )
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, loss_chunk_tokens: int = 0
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        loss_chunk_tokens: int = 0,
+        reduction: str = "mean",
     ) -> torch.Tensor | tuple[torch.Tensor | None, torch.Tensor]:
         """idx (B, T) -> logits (B, T, vocab); with targets also the mean token cross-entropy.
         `loss_chunk_tokens` > 0 computes the loss `chunked_linear_cross_entropy`'s way and returns
         (None, loss): no (B, T, vocab) logits are ever held whole."""
         h = self.hidden_states(idx)
+        if self.lm_head is None:  # a pipeline stage before the last: hidden states out
+            return h
         if targets is not None and loss_chunk_tokens > 0:
             loss = chunked_linear_cross_entropy(
-                h.flatten(0, 1), self.lm_head.weight, targets.flatten(), loss_chunk_tokens
+                h.flatten(0, 1), self.lm_head.weight, targets.flatten(), loss_chunk_tokens, reduction
             )
             return None, loss
         logits = self.lm_head(h)  # (B, T, vocab)
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        loss = F.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction=reduction
+        )
         return logits, loss
 
     def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
         """idx (B, T) -> the final-norm output (B, T, dim) that lm_head maps to logits (eval applies the
-        head only at the positions it scores)."""
+        head only at the positions it scores). In a pipeline stage (trainer/pipeline.py) the parts
+        it does not own are None: no embedding, input hidden states; no norm, its blocks' output."""
         T = idx.shape[1]
         assert T <= self.cfg.max_seq_len, f"sequence length {T} > max_seq_len {self.cfg.max_seq_len}"
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
-        x = self.embed_tokens(idx)  # (B, T, dim)
-        for layer in self.layers:
+        # A pipeline stage after the first gets hidden states (B, T, dim) instead of token ids.
+        x = self.embed_tokens(idx) if self.embed_tokens is not None else idx
+        for layer in self.layers.values():
             x = layer(x, cos, sin)
-        return self.norm(x)
+        return self.norm(x) if self.norm is not None else x
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Unique parameters (a tied matrix counts once); exclude_embeddings drops every vocab x dim matrix."""

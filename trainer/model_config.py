@@ -67,7 +67,8 @@ class ModelConfig:
 
 
 # Kwargs, not ModelConfig objects, so an override of `dim` re-derives ffn_hidden_dim.
-# Parameter counts (tied, from tests/test_model.py): tiny 2.03M, 124m 123.6M, 350m 359.7M, 1b 1.076B.
+# Parameter counts (from tests/test_model.py; pretrain/plan.py `num_params` gives the same): tiny 2.03M,
+# 124m 123.6M, 350m 359.7M, 1b 1.076B (all tied); 8b 8,030,261,248 (untied, = Meta-Llama-3-8B's).
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU smoke tests and the tiny corpus.
     "tiny": dict(vocab_size=8192, dim=128, num_layers=4, num_heads=4, num_kv_heads=2, max_seq_len=512),
@@ -85,6 +86,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         ffn_hidden_dim=8192,
         max_seq_len=2048,
         rope_theta=500000.0,
+    ),
+    # Llama 3 8B's shape (Meta-Llama-3-8B config.json): for `pretrain plan` and the meta-device
+    # init test; it never trains here.
+    "8b": dict(
+        vocab_size=128256,
+        dim=4096,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=8,
+        ffn_hidden_dim=14336,
+        max_seq_len=8192,
+        rope_theta=500000.0,
+        tie_embeddings=False,
     ),
 }
 

@@ -5,9 +5,10 @@
     train(cfg, callbacks=[MyCallback()])                                          # trainer/callbacks
 
 Each optimizer step k takes its phase from the Timeline (seq_len, mixture, global batch,
-accumulation). The rank's share of the global batch is split into micro-batches; the loss of
-each is scaled by 1/accum so the summed gradient is the mean over the global batch on any world
-size. What happens around a step is a callback each (trainer/callbacks/): the NaN/spike guard and
+accumulation). The data-parallel rank's share of the global batch is split into micro-batches
+(or pipeline micro-batches); each one's summed cross-entropy is scaled by dp / (target tokens in the
+global batch), so the gradient is the mean over the global batch's tokens on any layout (the mesh:
+trainer/parallelize.py, pipeline stages: trainer/pipeline.py). What happens around a step is a callback each (trainer/callbacks/): the NaN/spike guard and
 its rollback (guard.py), the metrics.jsonl/TensorBoard row with throughput, MFU and memory
 (metrics.py), the console progress line (progress.py), checkpoint cadence (checkpointing.py) and
 torch.profiler traces (profiler.py).
@@ -23,6 +24,7 @@ import json
 import logging
 import os
 import random
+import resource
 import socket
 import time
 from pathlib import Path
@@ -30,23 +32,32 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.distributed.tensor.parallel import loss_parallel
 from torch.optim.lr_scheduler import LambdaLR
 
 from pretrain.core.config import ConfigError, dump_yaml, to_dict
 from pretrain.core.devices import resolve_device
 from trainer import checkpoint as ckpt
-from trainer import launch
+from trainer import launch, pipeline
 from trainer.callbacks import Callback, build_callbacks
 from trainer.callbacks.checkpointing import CheckpointCallback
 from trainer.callbacks.guard import SKIP_REASONS, GuardCallback
 from trainer.callbacks.metrics import MetricsCallback
 from trainer.callbacks.profiler import ProfilerCallback
 from trainer.callbacks.progress import ProgressCallback
-from trainer.config import TrainConfig
+from trainer.config import MESH_DIMS, TrainConfig
 from trainer.data import PackedStream, PrefetchLoader, data_fingerprint, load_sources
 from trainer.metrics import reset_peak_memory
 from trainer.model import Transformer
-from trainer.parallelize import CollectiveTimeout, all_reduce_mean, init_distributed, is_timeout, parallelize
+from trainer.parallelize import (
+    CollectiveTimeout,
+    build_layout,
+    build_model,
+    compute_dtype,
+    init_distributed,
+    is_timeout,
+)
 from trainer.schedule import PhaseSpan, Timeline, torch_lambda
 
 log = logging.getLogger(__name__)
@@ -89,11 +100,13 @@ class Trainer:
         self.cfg = cfg
         self.device = device = resolve_device(cfg.device)
         self.env = env = init_distributed(device.type, cfg.dist_timeout_s)
-        if env.world_size > 1 and cfg.parallel == "none":
+        if env.world_size > 1 and all(getattr(cfg.parallel, n) == 1 for n in MESH_DIMS):
             raise ConfigError(
                 f"parallel: none in a world of {env.world_size} processes would train unsynchronised "
-                "copies; set parallel=ddp or parallel=fsdp2"
+                "copies; set parallel=ddp or parallel=fsdp2 (or a mesh: parallel.dp_shard, .tp, .pp)"
             )
+        cfg.parallel.check_model(cfg.model_config(), env.world_size)
+        self.layout = layout = build_layout(cfg.parallel.degrees(env.world_size), device.type)
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         if env.is_main:
@@ -106,8 +119,9 @@ class Trainer:
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
 
+        # Ranks that differ only in tp or pp read the same batch: the timeline splits over dp.
         self.timeline = timeline = Timeline.build(
-            cfg.curriculum.phases, cfg.curriculum.schedule, env.world_size
+            cfg.curriculum.phases, cfg.curriculum.schedule, layout.dp_size
         )
         self.last_step = min(cfg.max_steps or timeline.total_steps, timeline.total_steps)
 
@@ -115,29 +129,17 @@ class Trainer:
             with contextlib.suppress(ImportError):  # optional package; the logger says so if missing
                 importlib.import_module("torch.utils.tensorboard")  # before the baseline: not training memory
         reset_peak_memory(device)  # memory rows then report the peak above this pre-model baseline
-        # Meta device then materialise: no wasted CPU init for big models, same seeded init everywhere.
-        with torch.device("meta"):
-            model = Transformer(cfg.model_config())
-        model.to_empty(device=device)
-        torch.manual_seed(cfg.seed)
-        model.init_weights()
-        self.flops_per_token = {p.seq_len: model.flops_per_token(p.seq_len) for p in cfg.curriculum.phases}
-        self.flops_per_token_causal = {
-            p.seq_len: model.flops_per_token(p.seq_len, causal=True) for p in cfg.curriculum.phases
-        }
-        # One precision regime per parallelism (TrainConfig.precision): FSDP2's MixedPrecisionPolicy
-        # or autocast, never both; fp32 master weights, gradients and optimizer states either way.
-        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-        fsdp = cfg.parallel == "fsdp2" and env.distributed
-        self.compute_dtype = torch.bfloat16 if bf16 else torch.float32
-        self.model = model = parallelize(
-            model,
-            cfg.parallel,
-            device,
-            cfg.activation_checkpointing,
-            torch.bfloat16 if bf16 and fsdp else None,
-            compile=cfg.compile if cfg.compile is not None else device.type == "cuda",
+        self.pipe: pipeline.PipelineRunner | None = None
+        self.model = model = build_model(
+            cfg, layout, device, roots=self._pipeline if layout.size("pp") > 1 else None
         )
+        with torch.device("meta"):  # the whole model's shape, whatever this rank holds
+            whole = Transformer(cfg.model_config())
+        self.flops_per_token = {p.seq_len: whole.flops_per_token(p.seq_len) for p in cfg.curriculum.phases}
+        self.flops_per_token_causal = {
+            p.seq_len: whole.flops_per_token(p.seq_len, causal=True) for p in cfg.curriculum.phases
+        }
+        self.compute_dtype = dtype = compute_dtype(cfg, device)
         self.fwd = model  # compiled per block inside (parallelize), not as a whole
         self.optimizer = torch.optim.AdamW(
             _param_groups(model),
@@ -148,6 +150,8 @@ class Trainer:
             fused=True,  # CUDA and CPU: one kernel, and found_inf skips a step on the device
         )
         self.scheduler = LambdaLR(self.optimizer, torch_lambda(timeline))
+        # fp16: dynamic loss scaling; its overflow check and backoff stay on the device
+        self.scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
         sources = load_sources(
             sorted(set(cfg.data.sources.values())), cfg.data.tokenizer_hash, cfg.data.sources
@@ -190,9 +194,11 @@ class Trainer:
             self.step_num = meta["step"]
             log.info("resumed from %s at step %d", resume_from, self.step_num)
 
+        # One precision regime per parallelism (TrainConfig.precision): FSDP2's MixedPrecisionPolicy
+        # or autocast, never both; fp32 master weights, gradients and optimizer states either way.
         self.autocast = (
-            (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
-            if bf16 and not fsdp
+            (lambda: torch.autocast(device.type, dtype=dtype))
+            if dtype != torch.float32 and layout.fsdp_mesh is None
             else contextlib.nullcontext
         )
         self._lock = lock_run_dir(self.run_dir) if env.is_main else None  # before the first write
@@ -234,8 +240,8 @@ class Trainer:
             self.loader = PrefetchLoader(
                 self.stream,
                 phase.global_batch_samples,
-                self.env.rank,
-                self.env.world_size,
+                self.layout.dp_rank,
+                self.layout.dp_size,
                 self.cfg.data.prefetch,
                 device=self.device,  # CUDA: pinned, copied on a side stream while the step runs
             )
@@ -287,11 +293,18 @@ class Trainer:
         }
         for cb in self.callbacks:
             cb.pre_optim_step(self, step, metrics)
+        if self.scaler is not None:  # an fp16 overflow outranks the guard's verdict: code 3
+            overflow = self._scaler_found_inf()
+            code = metrics.get("skip_code", torch.zeros((), dtype=torch.long, device=self.device))
+            metrics["skip_code"] = torch.where(overflow > 0, 3, code)
+            metrics["loss_scale"] = self.scaler._get_scale_async().detach().clone()
         if not metrics["skipped"]:  # a callback's veto is known on the host; the guard's is not
             code = metrics.get("skip_code")
             self.optimizer.found_inf = None if code is None else (code > 0).to(torch.float32)
             self.optimizer.step()  # fused AdamW: a found_inf of 1 leaves params and moments as they are
             self.optimizer.found_inf = None
+        if self.scaler is not None:
+            self.scaler.update()  # on the device: halves the scale after an overflow, grows it later
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step_num = step + 1
@@ -315,13 +328,16 @@ class Trainer:
                         torch.as_tensor(r["loss"], device=self.device).float(),
                         torch.as_tensor(r["grad_norm"], device=self.device).float(),
                         torch.as_tensor(r.pop("skip_code", 0), device=self.device).float(),
+                        torch.as_tensor(r.get("loss_scale", 0.0), device=self.device).float(),
                     ]
                 )
                 for r in rows
             ]
         ).tolist()
-        for r, (loss, norm, code) in zip(rows, vals):
+        for r, (loss, norm, code, loss_scale) in zip(rows, vals):
             r["loss"], r["grad_norm"] = loss, norm
+            if "loss_scale" in r:
+                r["loss_scale"] = loss_scale
             if not r["skipped"]:
                 r["skipped"] = SKIP_REASONS[int(code)]
             self.skipped += bool(r["skipped"])
@@ -329,35 +345,101 @@ class Trainer:
             self.loss_val = loss
         self.guard.observe(rows)
 
+    def _scaler_found_inf(self) -> torch.Tensor:
+        """1 when this step's unscaled gradients held an inf/NaN, on the device (no sync). GradScaler
+        keeps the flags per device in its optimizer state; its own step() would overwrite the
+        optimizer's found_inf, which also carries the guard's verdict, so the trainer steps itself."""
+        flags = [t.to(self.device) for t in self._scaler_flags()]
+        return torch.stack(flags).sum() if flags else torch.zeros((), device=self.device)
+
+    def _scaler_flags(self) -> list[torch.Tensor]:
+        """GradScaler's found-inf flags of this step (per device; its update() reads the same ones)."""
+        return list(self.scaler._per_optimizer_states[id(self.optimizer)]["found_inf_per_device"].values())
+
+    def _pipeline(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        """build_model's hook under pipeline parallelism: the runner over this rank's stages, whose
+        stage modules become FSDP2's roots."""
+        pc, layout = self.cfg.parallel, self.layout
+        dtype = compute_dtype(self.cfg, self.device)
+        self.pipe = pipeline.PipelineRunner(
+            model,
+            layout.pp_group,
+            layout.local_rank("pp"),
+            layout.size("pp"),
+            pc.pp_schedule,
+            pc.pp_stages_per_rank,
+            self._pp_microbatches(self.timeline.spans[0]),
+            self.device,
+            # autocast inside each stage (the schedule runs forwards and backwards together), unless
+            # FSDP2's MixedPrecisionPolicy casts the parameters instead
+            autocast_dtype=dtype if dtype != torch.float32 and layout.fsdp_mesh is None else None,
+        )
+        return list(self.pipe.stage_modules)
+
+    def _pp_microbatches(self, span: PhaseSpan) -> int:
+        """Micro-batches of a pipeline step: parallel.pp_microbatches, else the phase's accumulation
+        count, at least pp (every stage busy)."""
+        return self.cfg.parallel.pp_microbatches or max(span.grad_accum_steps, self.layout.size("pp"))
+
     def _forward_backward(self, batch: dict[str, Any], span: PhaseSpan) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward and backward over the micro-batches, then clip. The loss (mean over the global
-        batch, all-reduced) and the grad norm stay on the device; the caller reads them once."""
-        model, device = self.model, self.device
+        batch, all-reduced) and the grad norm stay on the device; the caller reads them once.
+
+        The loss of a step is the mean over every target token of the global batch, whatever the
+        micro-batch split, the dp degree or padding: each micro-batch's summed cross-entropy is
+        scaled by dp_size / (target tokens in the global batch), a device-side count all-reduced
+        over the data-parallel group, and DDP/FSDP2 average the gradients over that group."""
+        model, device, layout = self.model, self.device, self.layout
         # already there on CUDA (the loader's side stream); a no-op copy on CPU
         ids = batch["input_ids"].to(device, non_blocking=True)
         labels = batch["labels"].to(device, non_blocking=True)
+        count = (labels != -100).sum().float()
+        if layout.dp_group is not None:
+            dist.all_reduce(count, group=layout.dp_group)
+        scale = layout.dp_size / count.clamp(min=1)
         accum, mb = span.grad_accum_steps, span.micro_batch
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(accum):
-            sync = micro == accum - 1
-            no_sync = (
-                model.no_sync() if (not sync and hasattr(model, "no_sync")) else contextlib.nullcontext()
-            )
-            if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: reduce-scatter once per step
-                model.set_requires_gradient_sync(sync)
-            with no_sync:
-                with self.autocast():  # the forward only: the backward runs outside autocast
-                    _, loss = self.fwd(
-                        ids[micro * mb : (micro + 1) * mb],
-                        labels[micro * mb : (micro + 1) * mb],
-                        loss_chunk_tokens=self.cfg.loss_chunk_tokens,
-                    )
-                (loss / accum).backward()
-            loss_sum += loss.detach()
-        loss = all_reduce_mean(loss_sum / accum)
+        tp = layout.size("tp") > 1
+        if self.pipe is not None:
+            loss_sum = self.pipe.step(ids, labels, scale, self._pp_microbatches(span))
+        else:
+            loss_sum = torch.zeros((), device=device)
+            per_micro = self.cfg.parallel.grad_sync == "micro"  # else reduce once, after the last
+            for micro in range(accum):
+                sync = per_micro or micro == accum - 1
+                no_sync = (
+                    model.no_sync() if (not sync and hasattr(model, "no_sync")) else contextlib.nullcontext()
+                )
+                if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: reduce-scatter once per step
+                    model.set_requires_gradient_sync(sync)
+                with no_sync, loss_parallel() if tp else contextlib.nullcontext():
+                    with self.autocast():  # the forward only: the backward runs outside autocast
+                        _, loss = self.fwd(
+                            ids[micro * mb : (micro + 1) * mb],
+                            labels[micro * mb : (micro + 1) * mb],
+                            # under TP the logits stay sharded over the vocabulary (loss_parallel)
+                            loss_chunk_tokens=0 if tp else self.cfg.loss_chunk_tokens,
+                            reduction="sum",
+                        )
+                    scaled = loss * scale
+                    (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+                loss_sum += loss.detach().full_tensor() if hasattr(loss, "full_tensor") else loss.detach()
+        if layout.mesh is not None:  # every rank's sum, once: the dp shares, and only the last stage's
+            pp_last = self.pipe is None or self.pipe.has_last
+            part = loss_sum if pp_last and layout.local_rank("tp") == 0 else torch.zeros_like(loss_sum)
+            dist.all_reduce(part)
+            loss_sum = part
+        loss = loss_sum / count.clamp(min=1)
+        if self.scaler is not None:  # gradients back to their true size; records found_inf
+            self.scaler.unscale_(self.optimizer)
+            if layout.mesh is not None:  # shards and stages see different gradients: skip together
+                for flag in self._scaler_flags():
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+        if self.pipe is not None:
+            grad_norm = pipeline.clip_grads_pp(list(model.parameters()), max_norm, layout.pp_group)
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2 / TP: a DTensor
             grad_norm = grad_norm.full_tensor()
         return loss, grad_norm
 
@@ -370,6 +452,7 @@ class Trainer:
             "phase_name": span.name,
             "tokens_seen": self.timeline.tokens_at(self.step_num),
             "world_size": self.env.world_size,
+            "layout": self.layout.degrees,  # any layout resumes it (DCP reshards by name)
             "data_fingerprint": self.fingerprint,
             **{cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_key},
             "config": to_dict(self.cfg),
@@ -469,3 +552,40 @@ def train(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> dict[str
     if trainer.env.is_main and os.environ.get(launch.INIT_ENV):
         launch.write_summary(cfg.run_dir, summary)
     return summary
+
+
+def build_report(cfg: TrainConfig) -> dict[str, Any] | None:
+    """Build `cfg`'s model under its layout in this process (a rank of a launch, or alone) and
+    measure it: every rank's parameter bytes and peak memory (peak RSS since the process started on
+    CPU, max allocated on GPU) against the whole model's fp32 bytes. Rank 0 returns the report
+    (`max_peak_ratio`: the largest rank's peak / the full fp32 model), the others None."""
+    device = resolve_device(cfg.device)
+    env = init_distributed(device.type, cfg.dist_timeout_s)
+    cfg.parallel.check_model(cfg.model_config(), env.world_size)
+    layout = build_layout(cfg.parallel.degrees(env.world_size), device.type)
+    t0 = time.perf_counter()
+    model = build_model(cfg, layout, device)
+    build_s = time.perf_counter() - t0
+    with torch.device("meta"):
+        full = Transformer(cfg.model_config()).num_params() * 4
+    local = sum(
+        (p.to_local() if hasattr(p, "to_local") else p).numel() * p.element_size() for p in model.parameters()
+    )
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    mine = {"rank": env.rank, "param_bytes": local, "peak_bytes": peak, "build_s": round(build_s, 2)}
+    ranks = [mine]
+    if dist.is_initialized():
+        ranks = [None] * env.world_size
+        dist.all_gather_object(ranks, mine)
+    if not env.is_main:
+        return None
+    return {
+        "model": cfg.model,
+        "layout": cfg.parallel.describe(env.world_size),
+        "full_fp32_bytes": full,
+        "ranks": ranks,
+        "max_peak_ratio": round(max(r["peak_bytes"] for r in ranks) / full, 4),
+    }

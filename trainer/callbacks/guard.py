@@ -27,7 +27,8 @@ from trainer.config import GuardConfig
 
 log = logging.getLogger(__name__)
 
-SKIP_REASONS = {0: False, 1: "nonfinite", 2: "loss_spike"}  # the device verdict's codes
+SKIP_REASONS = {0: False, 1: "nonfinite", 2: "loss_spike", 3: "overflow"}  # the device verdict's codes
+"""3: fp16 gradients overflowed at the current loss scale (the trainer's GradScaler, not the guard)."""
 
 
 class SpikeGuard:
