@@ -95,19 +95,22 @@ def test_fsdp2_shards_and_ddp_replicates(layout_runs):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("name", "nproc", "parallel"),
+    ("source", "name", "nproc", "parallel"),
     [
-        ("hsdp_2x2", 4, {"dp_replicate": 2, "dp_shard": 2}),
-        ("fsdp2_x_tp_2x2", 4, {"dp_shard": 2, "tp": 2}),
-        ("pp2_x_dp2", 4, {"dp_shard": 2, "pp": 2}),
-        ("one_process", 1, "none"),
+        ("fsdp2", "hsdp_2x2", 4, {"dp_replicate": 2, "dp_shard": 2}),
+        ("fsdp2", "fsdp2_x_tp_2x2", 4, {"dp_shard": 2, "tp": 2}),
+        ("fsdp2", "pp2_x_dp2", 4, {"dp_shard": 2, "pp": 2}),
+        ("fsdp2", "one_process", 1, "none"),
+        # and back: pipeline stages (interleaved, sharded) and TP shards into one process
+        ("pp2_interleaved_x_fsdp2", "one_process", 1, "none"),
+        ("fsdp2_x_tp_2x2", "one_process", 1, "none"),
     ],
 )
-def test_resume_across_layouts(name, nproc, parallel, shards, layout_runs, reference, tmp_path):
-    """The FSDP2 (2 ranks) checkpoint of step 10 resumes under another layout: steps 10-19 (the
-    second phase, its first step on a new sequence length) match the uninterrupted run."""
+def test_resume_across_layouts(source, name, nproc, parallel, shards, layout_runs, reference, tmp_path):
+    """A layout's checkpoint of step 10 resumes under another layout: steps 10-19 (the second
+    phase, its first step on a new sequence length) match the uninterrupted run."""
     run = tmp_path / name
-    saved = ckpt.step_dir(layout_runs["fsdp2"] / "checkpoints", 10)
+    saved = ckpt.step_dir(layout_runs[source] / "checkpoints", 10)
     shutil.copytree(saved, ckpt.step_dir(run / "checkpoints", 10))
     train(from_dict(TrainConfig, layout_config(shards, run, nproc, parallel)))
     ours = layout_rows(run)

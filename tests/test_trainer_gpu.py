@@ -73,7 +73,18 @@ def test_resume_on_gpu_continues_the_same_run(shards, straight, tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])
+@pytest.mark.parametrize(
+    "parallel",
+    [
+        "ddp",
+        "fsdp2",
+        # FSDP2's CPUOffloadPolicy (needs a GPU: pinned host memory) and ZeRO-2
+        {"dp_shard": 2, "cpu_offload": True},
+        {"dp_shard": 2, "reshard_after_forward": False, "grad_sync": "micro"},
+        {"dp_shard": 1, "tp": 2},  # tensor parallelism on NCCL
+    ],
+    ids=["ddp", "fsdp2", "fsdp2_cpu_offload", "zero2_micro_sync", "tp2"],
+)
 def test_two_gpu_ranks_match_one_gpu(shards, straight, tmp_path, parallel):
     run = tmp_path / "run"
     summary = train(_cfg(shards, run, nproc=2, parallel=parallel))  # trainer/launch.py, NCCL on loopback
