@@ -130,6 +130,7 @@ def test_resume_across_layouts(source, name, nproc, parallel, shards, layout_run
         (4, {"dp_shard": 3, "tp": 1}, {}, "parallel"),
         (4, {"dp_shard": -1, "tp": 3}, {}, "parallel.tp"),  # the model is judged first
         (4, {"dp_shard": -1, "pp": 3}, {}, "parallel.dp_shard"),
+        (4, {"dp_shard": 1, "tp": 2, "pp": 2}, {}, "parallel.tp"),  # TP x PP: not built
     ],
 )
 def test_bad_layout_fails_before_any_rank_starts(shards, tmp_path, nproc, parallel, overrides, field):

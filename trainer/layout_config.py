@@ -159,6 +159,13 @@ class ParallelConfig:
         _check_dims(model, self.tp, self.pp, self.pp_stages_per_rank)
         d = self.degrees(world_size)
         _check_dims(model, d["tp"], d["pp"], self.pp_stages_per_rank)
+        check(
+            d["tp"] == 1 or d["pp"] == 1,
+            "parallel.tp",
+            d["tp"],
+            "1 with parallel.pp > 1: pipeline stages pass full-sequence activations, not TP's "
+            "sequence shards (TP x PP is not built yet)",
+        )
 
     def describe(self, world_size: int) -> str:
         """e.g. `pp 2 x dp_shard 2 (FSDP2), 1F1B`: the layout in words for logs and --dry-run."""
