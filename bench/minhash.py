@@ -42,6 +42,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.procs import tree_rss  # noqa: E402
+
 NUM_PERM = 128
 TARGET_RATIO_VS_DATASKETCH = 5.0
 TARGET_RATIO_VS_DATATROVE = 2.0
@@ -51,9 +53,7 @@ QUICK_SIZES = (10_000, 100_000)
 TARGET_SCALING_10X = 12.0
 E2E_SHARDS = 16
 E2E_NUM_CPUS = 2
-DUP_FRACTION = 0.05  # planted copies: half exact, half with one word deleted
 RSS_POLL_S = 0.2
-PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 # Phases of the stage in order, with the done records that close each (their latest mtime marks
 # the end of the phase): a per-step wall-clock breakdown without touching the stage.
 PHASE_RECORDS = {
@@ -157,46 +157,6 @@ def measure_signatures(docs: list[str]) -> dict[str, float]:
     return results
 
 
-def sentence_pool() -> list[str]:
-    """Distinct English sentences of 6-30 words from the tiny corpus (Python's own prose)."""
-    from data_pipeline.corpus import base_texts
-
-    pool = set()
-    for _, text in base_texts():
-        for s in re.split(r"(?<=[.!?])\s+", text):
-            if 6 <= len(s.split()) <= 30:
-                pool.add(s.strip())
-    return sorted(pool)
-
-
-def short_docs(num_docs: int, seed: int, pool: list[str]) -> list[str]:
-    """`num_docs` texts of 4-7 random pool sentences (~70 words, ~430 bytes); the last
-    DUP_FRACTION of them are copies of earlier documents, half exact and half with one word
-    deleted (J about 0.9), so the near-duplicate graph is not empty."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    num_dups = int(num_docs * DUP_FRACTION)
-    num_base = num_docs - num_dups
-    lengths = rng.integers(4, 8, size=num_base)
-    picks = rng.integers(0, len(pool), size=int(lengths.sum())).tolist()
-    ends = np.cumsum(lengths).tolist()
-    docs, start = [], 0
-    for end in ends:
-        docs.append(" ".join([pool[i] for i in picks[start:end]]))
-        start = end
-    sources = rng.integers(0, num_base, size=num_dups).tolist()
-    cut = rng.random(num_dups).tolist()
-    for k, (src, c) in enumerate(zip(sources, cut)):
-        if k % 2 == 0:
-            docs.append(docs[src])
-        else:
-            words = docs[src].split()
-            del words[int(c * len(words))]
-            docs.append(" ".join(words))
-    return docs
-
-
 def write_stage_dir(path: Path, docs: list[str], num_shards: int) -> None:
     """A finished stage directory (shards/*.parquet in DOC_SCHEMA + manifest.json) holding `docs`."""
     import pyarrow as pa
@@ -235,6 +195,7 @@ def run_child(input_dir: str, output_dir: str) -> None:
             f"output_dir={output_dir}",
             "progress=false",
             f"ray.num_cpus={E2E_NUM_CPUS}",
+            "keep_work=true",  # the step timings below are read from _work's done records
         ],
     )
     ensure_ray(cfg.ray)
@@ -267,33 +228,11 @@ def run_child(input_dir: str, output_dir: str) -> None:
     )
 
 
-def tree_rss(root: int) -> int:
-    """RSS bytes of process `root` and all its descendants, from /proc (psutil is not installed);
-    processes that vanish mid-poll count 0."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        todo.extend(children.get(pid, []))
-        try:
-            with open(f"/proc/{pid}/statm") as f:
-                total += int(f.read().split()[1]) * PAGE_BYTES
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
-
-
 def run_size(num_docs: int, seed: int, pool: list[str], tmp: Path) -> dict:
     """Generate `num_docs` short documents, dedup them in a fresh subprocess with its own local Ray,
     polling the process tree's summed RSS; returns times, docs/s and peak RSS."""
+    from data_pipeline.corpus.short_docs import short_docs
+
     t0 = time.perf_counter()
     docs = short_docs(num_docs, seed, pool)
     gen_s = time.perf_counter() - t0
@@ -330,6 +269,8 @@ def run_size(num_docs: int, seed: int, pool: list[str], tmp: Path) -> dict:
 
 def measure_e2e(sizes: list[int], seed: int) -> dict:
     """End-to-end dedup time, docs/s and peak RSS per size, and the 10x scaling ratios."""
+    from data_pipeline.corpus.short_docs import sentence_pool
+
     pool = sentence_pool()
     print(f"end to end: {len(pool)} pool sentences, sizes {sizes}")
     runs = []

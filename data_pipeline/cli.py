@@ -22,7 +22,7 @@ from data_pipeline.minhash.dedup import load_minhash_config, run_minhash_dedup
 from data_pipeline.minhash.lsh import format_s_curve
 from data_pipeline.pii_eval import DEFAULT_PII_LOCALES, format_table, make_pii_set, score_pii
 from data_pipeline.quality_classifier import TrainQualityConfig, train_quality_model
-from data_pipeline.readers import discover_inputs
+from data_pipeline.readers import InputError, discover_inputs
 from pretrain.core.cli import add_config_args, dispatch
 from pretrain.core.config import dump_yaml, load_config
 from pretrain.core.jsonl import read_jsonl, write_jsonl
@@ -39,6 +39,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         dry_run_help="print the resolved config and inputs, run nothing",
         restart_help="delete output_dir first instead of resuming",
     )
+    _add_keep_work(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("generate-corpus", help="write the deterministic tiny corpus with ground truth")
@@ -47,15 +48,23 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-base-docs", type=int, default=600)
     p.set_defaults(func=cmd_corpus)
 
-    p = sub.add_parser("minhash", help="MinHash near-duplicate removal over a stage directory")
-    p.add_argument("--input", required=True, help="stage directory with shards/ (e.g. runs/data)")
+    p = sub.add_parser(
+        "minhash", help="MinHash near-duplicate removal (input: raw files or a stage directory)"
+    )
+    p.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        help="a stage directory (e.g. runs/data), files, folders or globs",
+    )
     p.add_argument("--output", required=True, help="output stage directory")
     add_config_args(
         p,
-        config_help="YAML with minhash:/ray: sections",
+        config_help="YAML with minhash:/input:/ray: sections",
         overrides_help="e.g. minhash.threshold=0.7 minhash.num_perm=256",
         dry_run_help="print the resolved config and the S-curve",
     )
+    _add_keep_work(p)
     p.set_defaults(func=cmd_minhash)
 
     p = sub.add_parser("score", help="score a run against the generated corpus's ground truth")
@@ -99,11 +108,30 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--input", required=True, nargs="+", help="files, folders, globs or a stage directory")
         p.add_argument("--output", required=True, help="output stage directory")
         add_config_args(p, config_help="YAML config for the stage's settings")
+        _add_keep_work(p)
         p.set_defaults(func=cmd_run, only_stage=stage)
 
 
+def _add_keep_work(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--keep-work", action="store_true", help="keep _work/ after the run finishes (config: keep_work=true)"
+    )
+
+
+def _keep_work(args: argparse.Namespace) -> list[str]:
+    return ["keep_work=true"] if args.keep_work else []
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    overrides = list(args.overrides)
+    try:
+        return _run(args)
+    except InputError as e:  # a missing or unreadable input path: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides) + _keep_work(args)
     only = getattr(args, "only_stage", None)
     if only:
         overrides += [f"input.paths={json.dumps(args.input)}", f"output_dir={args.output}"]
@@ -135,9 +163,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_minhash(args: argparse.Namespace) -> int:
-    cfg = load_minhash_config(
-        args.config, [f"input_dir={args.input}", f"output_dir={args.output}", *args.overrides]
-    )
+    overrides = [f"input.paths={json.dumps(args.input)}", "input_dir=null", f"output_dir={args.output}"]
+    cfg = load_minhash_config(args.config, [*overrides, *args.overrides, *_keep_work(args)])
     if args.dry_run:
         print(dump_yaml(cfg), end="")
         bands, rows = cfg.minhash.bands_rows()
@@ -148,12 +175,16 @@ def cmd_minhash(args: argparse.Namespace) -> int:
         shutil.rmtree(cfg.output_dir, ignore_errors=True)
     try:
         stats = run_minhash_dedup(cfg)
-    except PipelineError as e:
+    except (PipelineError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     m = stats["minhash"]
+    near = stats["stages"]["minhash_dedup"]["rejected"]
+    read = stats["stages"].get("read")  # raw inputs: records rejected while reading them
     print(
-        f"{stats['num_in']} in = {stats['num_kept']} kept + {stats['num_rejected']} near duplicates; "
+        f"{stats['num_in']} in = {stats['num_kept']} kept + {near} near duplicates"
+        + (f" + {read['rejected']} rejected reading the input" if read else "")
+        + "; "
         f"{m['num_clusters']} clusters, {m['num_candidates']} candidate pairs, {m['num_verified_edges']} verified; "
         f"output: {cfg.output_dir}"
     )

@@ -1,12 +1,16 @@
-"""Schedules the pipeline's tasks on Ray: one task per input unit, bounded in flight, resumable.
+"""Schedules the pipeline's tasks on Ray: work units sized by bytes, bounded in flight, resumable.
 
     from data_pipeline.executor import run_pipeline
     stats = run_pipeline(load_pipeline_config("configs/data_tiny.yaml"))
 
-Phases: chain (per input unit) -> exact-dedup partitions -> finalize (per unit) -> manifest,
-stats, summary. Every task writes its outputs atomically and then a done record; a rerun skips
+Phases: chain (per input unit: a file, or a part of a large one; small ones grouped into one task,
+see `data_pipeline.units`) -> exact dedup per range of hashes -> duplicate lists per range of units
+(both sized from their input: `data_pipeline.shuffle`) -> finalize (per unit, reading its own
+list) -> manifest, stats, summary. Every task writes its outputs atomically and then a done record; a rerun skips
 tasks whose record matches, so a killed driver or worker loses and duplicates nothing. Output is
-a pure function of input and config: the same for 1 or N workers.
+a pure function of input and config: the same for 1 or N workers. A finished run writes the stage
+record `done.json` and removes `_work/` (`keep_work` keeps it); a rerun with the same inputs and
+config then does nothing.
 """
 
 from __future__ import annotations
@@ -14,92 +18,103 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from data_pipeline.config import PipelineConfig
 from data_pipeline.quality_classifier import REPORT_FILE
-from data_pipeline.readers import InputUnit, SkippedFile, format_skipped, scan_inputs
+from data_pipeline.readers import InputUnit, SkippedFile, format_skipped, scan_inputs, unit_fingerprints
+from data_pipeline.shuffle import DEFAULT_TASK_BUDGET_BYTES, num_partitions, unit_ranges
 from data_pipeline.summary import write_summary
-from data_pipeline.tasks import add_examples, dedup_partition, finalize_shard, run_chain
+from data_pipeline.tasks import (
+    DUP_ROW_BYTES,
+    HASH_ROW_BYTES,
+    add_examples,
+    dedup_partition,
+    dup_lists,
+    finalize_units,
+    run_chain,
+    unit_range,
+)
+from data_pipeline.units import group_key, group_label, group_target_bytes, group_units, split_units
 from pretrain.core.config import config_hash, dump_yaml, to_dict
-from pretrain.core.done import load_done
+from pretrain.core.done import finish_stage, finished_stage, load_done_many
 from pretrain.core.files import read_json, write_json
-from pretrain.core.hashing import file_fingerprint
 from pretrain.core.progress import Progress
-from pretrain.core.runner import raise_errors, run_tasks
+from pretrain.core.runner import cluster_cpus, ensure_ray, raise_errors, run_tasks, task_memory_bytes
 from pretrain.core.shards import remove_unlisted, write_manifest
 
 log = logging.getLogger(__name__)
 
 
+RUN_ONLY_FIELDS = ("ray", "progress", "output_dir", "keep_work", "input_dir")
+"""Config fields that say where and how a stage runs, not what it writes: not in its fingerprint."""
+
+
+def stage_fingerprint(cfg: Any, units: list[InputUnit], fingerprints: list[dict], **identity: Any) -> str:
+    """What a whole stage's record (`done.json`) is keyed on: its config less RUN_ONLY_FIELDS,
+    `identity` (what else decides the output) and every input unit with its fingerprint."""
+    config = {k: v for k, v in to_dict(cfg).items() if k not in RUN_ONLY_FIELDS}
+    if isinstance(config.get("input"), dict):
+        config["input"] = config["input"] | {"paths": None}  # the units below say what was read
+    inputs = [[u.relpath, u.format, fp] for u, fp in zip(units, fingerprints)]
+    return config_hash({"config": config, "identity": identity, "inputs": inputs})
+
+
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     out = Path(cfg.output_dir)
+    scan = scan_inputs(cfg.input)
+    input_fps = unit_fingerprints(scan.units)
+    stage_fp = stage_fingerprint(cfg, scan.units, input_fps, chain=cfg.chain_identity())
+    if (stats := finished_stage(out, stage_fp, cfg.keep_work)) is not None:
+        return stats
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_yaml(cfg))
-    scan = scan_inputs(cfg.input)
-    units = scan.units
     if scan.skipped:  # said once here and in stats.json / summary.md, never per task
         log.warning("skipped %d input files: %s", len(scan.skipped), format_skipped(scan.skipped))
+    units = split_units(scan.units, input_fps, cfg.input.unit_bytes)  # large files -> parts
+    file_fp = {u.path: fp for u, fp in zip(scan.units, input_fps)}
     names = [u.stem for u in units]
-    chain_id = config_hash(cfg.chain_identity() | {"exact_dedup": to_dict(cfg.exact_dedup)})
+    # the chain writes hashes when exact dedup is on; how many reducers read them is decided later
+    chain_id = config_hash(cfg.chain_identity() | {"exact_dedup": cfg.exact_dedup.enabled})
     progress = Progress(enabled=cfg.progress)
 
-    # Phase 1: the fused per-document chain, one task per input unit.
-    chain: dict[str, dict] = {}
-    jobs = []
-    for u in units:
-        fp = {
-            "input": file_fingerprint(u.path) if u.format != "text" else _dir_fingerprint(u.path),
-            "config": chain_id,
-        }
-        rec = load_done(out, out / "_work" / "chain" / f"{u.stem}.done.json", fp)
-        if rec is not None:
-            chain[u.stem] = rec
-        else:
-            jobs.append((u.stem, (u, cfg, str(out), fp)))
-    progress.start("chain", total=len(units), done=len(units) - len(jobs))
-    results, errors = run_tasks(run_chain, jobs, cfg.ray, progress, "chain")
-    chain.update(results)
-    raise_errors(errors, "chain")
+    # Phase 1: the fused per-document chain, one task per group of units.
+    fps = [
+        {"input": file_fp[u.path], "part": None if u.part is None else unit_range(u), "config": chain_id}
+        for u in units
+    ]
+    chain = _run_units(cfg, out, "chain", "chain", run_chain, units, fps, progress)
 
     # Phase 2: exact dedup per hash partition (depends on every chain output).
     dedup_fp = config_hash(
         {"chain": [chain[n]["fingerprint"] | {"n": chain[n]["num_kept"]} for n in names], "units": names}
     )
-    dups: dict[str, dict] = {}
-    if cfg.exact_dedup.enabled:
-        jobs = []
-        for p in range(cfg.exact_dedup.num_partitions):
-            rec = load_done(out, out / "_work" / "dups" / f"p={p:05d}.done.json", dedup_fp)
-            if rec is not None:
-                dups[str(p)] = rec
-            else:
-                jobs.append((str(p), (p, names, str(out), dedup_fp)))
-        progress.start(
-            "exact_dedup",
-            total=cfg.exact_dedup.num_partitions,
-            done=cfg.exact_dedup.num_partitions - len(jobs),
+    if cfg.exact_dedup.enabled:  # reducers sized by the hashes the chain kept and the task budget
+        ensure_ray(cfg.ray)
+        budget = task_memory_bytes(cfg.ray) or DEFAULT_TASK_BUDGET_BYTES
+        num_hashes = sum(chain[n]["num_hash_rows"] for n in names)
+        Q = num_partitions(num_hashes, HASH_ROW_BYTES, budget, cfg.exact_dedup.num_partitions)
+        dedup_fp = config_hash([dedup_fp, Q])
+        dups = _run_reducers(
+            cfg, out, progress, "exact_dedup", dedup_partition, "dups",
+            [(q, Q, names, budget, str(out), dedup_fp) for q in range(Q)], dedup_fp,
+        )  # fmt: skip
+        ranges = unit_ranges(
+            len(names), num_partitions(sum(r["num_dups"] for r in dups), DUP_ROW_BYTES, budget, None)
         )
-        results, errors = run_tasks(dedup_partition, jobs, cfg.ray, progress, "exact_dedup")
-        dups.update(results)
-        raise_errors(errors, "exact_dedup")
+        dedup_fp = config_hash([dedup_fp, ranges])
+        runs = [path for rec in dups for path in rec["runs"]]
+        _run_reducers(
+            cfg, out, progress, "dup_lists", dup_lists, "dup_lists",
+            [(r, a, names[a:b], runs, str(out), dedup_fp) for r, (a, b) in enumerate(ranges)], dedup_fp,
+        )  # fmt: skip
 
-    # Phase 3: finalize each shard.
-    final: dict[str, dict] = {}
-    jobs = []
-    for n in names:
-        fp = config_hash([dedup_fp, chain[n]["fingerprint"], cfg.partition_by_language])
-        rec = load_done(out, out / "_work" / "final" / f"{n}.done.json", fp)
-        if rec is not None:
-            final[n] = rec
-        else:
-            jobs.append((n, (n, cfg, str(out), fp)))
-    progress.start("finalize", total=len(names), done=len(names) - len(jobs))
-    results, errors = run_tasks(finalize_shard, jobs, cfg.ray, progress, "finalize")
-    final.update(results)
-    raise_errors(errors, "finalize")
+    # Phase 3: finalize each unit's shard.
+    fps = [config_hash([dedup_fp, chain[n]["fingerprint"], cfg.partition_by_language]) for n in names]
+    final = _run_units(cfg, out, "finalize", "final", finalize_units, units, fps, progress)
     progress.stop()
 
     _remove_stale(out, names, {e["path"] for n in names for e in final[n]["shards"]})
@@ -113,6 +128,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                 **entry,
                 "input": u.relpath,
                 "input_fingerprint": chain[u.stem]["fingerprint"]["input"],
+                **({} if u.part is None else {"input_part": unit_range(u)}),
                 "config_hash": chain_id,
             }
             for u in units
@@ -121,12 +137,79 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         rejects=[chain[u.stem]["rejects"] for u in units] + [final[u.stem]["rejects"] for u in units],
     )
     write_summary(out, stats, print_table=cfg.progress)
+    finish_stage(out, stage_fp, cfg.keep_work)
     return stats
 
 
-def _dir_fingerprint(path: str) -> dict:
-    files = sorted(Path(path).glob("*.txt"))
-    return {"files": [[f.name, *file_fingerprint(f).values()] for f in files]}
+def _run_units(
+    cfg: PipelineConfig,
+    out: Path,
+    phase: str,
+    step_dir: str,
+    fn: Callable,
+    units: list[InputUnit],
+    fingerprints: list,
+    progress: Progress,
+) -> dict[str, dict]:
+    """One per-unit phase: the units whose done record (`_work/<step_dir>/<stem>.done.json`) is
+    missing or stale run in groups of about `input.unit_bytes` (largest first; smaller when the input
+    is small, so every CPU gets several); returns every unit's record, by stem. Progress counts
+    input bytes."""
+    done = load_done_many(
+        out, [(out / "_work" / step_dir / f"{u.stem}.done.json", fp) for u, fp in zip(units, fingerprints)]
+    )
+    records = {u.stem: rec for u, rec in zip(units, done) if rec is not None}
+    pending = [(u, fp) for u, fp, rec in zip(units, fingerprints, done) if rec is None]
+    groups: list[list[InputUnit]] = []
+    if pending:
+        ensure_ray(cfg.ray)
+        target = group_target_bytes([u for u, _ in pending], cfg.input.unit_bytes, cluster_cpus())
+        groups = group_units([u for u, _ in pending], target)
+    fp_of = {u.stem: fp for u, fp in pending}
+    jobs = [(group_key(g), (g, cfg, str(out), [fp_of[u.stem] for u in g])) for g in groups]
+    progress.start(
+        phase,
+        total=len(records) + len(groups),
+        done=len(records),
+        total_bytes=sum(u.num_bytes for u in units),
+        done_bytes=sum(u.num_bytes for u in units if u.stem in records),
+    )
+    results, errors = run_tasks(
+        fn,
+        jobs,
+        cfg.ray,
+        progress,
+        phase,
+        sizes={group_key(g): sum(u.num_bytes for u in g) for g in groups},
+        labels={group_key(g): group_label(g) for g in groups},
+    )
+    for res in results.values():
+        records.update(res["units"])
+    raise_errors(errors, phase)
+    return records
+
+
+def _run_reducers(
+    cfg: PipelineConfig,
+    out: Path,
+    progress: Progress,
+    phase: str,
+    fn: Callable,
+    step_dir: str,
+    jobs: list[tuple],
+    fingerprint: str,
+) -> list[dict]:
+    """One reducer task per job (its first argument is its index) whose done record
+    (`_work/<step_dir>/q=NNNNN.done.json`) is missing or stale; returns every job's record, in order."""
+    done = load_done_many(
+        out, [(out / "_work" / step_dir / f"q={job[0]:05d}.done.json", fingerprint) for job in jobs]
+    )
+    todo = [(str(job[0]), job) for job, rec in zip(jobs, done) if rec is None]
+    progress.start(phase, total=len(jobs), done=len(jobs) - len(todo))
+    labels = {k: f"{phase} partition {k} of {len(jobs)}" for k, _ in todo}
+    results, errors = run_tasks(fn, todo, cfg.ray, progress, phase, labels=labels)
+    raise_errors(errors, phase)
+    return [rec if rec is not None else results[str(job[0])] for job, rec in zip(jobs, done)]
 
 
 def _remove_stale(out: Path, names: list[str], shards: set[str]) -> None:

@@ -8,7 +8,8 @@ that is no known format is skipped and named, with why, in `InputScan.skipped` (
 
 Document ids are positional and stable: `relpath:line` (JSONL, 1-based), `relpath#row` (Parquet,
 0-based), `relpath` (.txt), `relpath#k` (k-th WARC response, 0-based). A record's own id is kept
-in metadata as `source_id`.
+in metadata as `source_id`. A part of a split file (`data_pipeline.units`) knows the records
+before it, so its ids are those the whole file gives.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import io
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,8 @@ import pyarrow.parquet as pq
 
 from data_pipeline.document import Doc, Reject
 from pretrain.core.config import check
+from pretrain.core.files import io_map
+from pretrain.core.hashing import file_fingerprint
 from pretrain.core.shards import list_shards, shard_relpath
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,12 @@ class InputConfig:
     """Source name for every document (overrides the record's own field)."""
     keep_fields: list[str] = field(default_factory=list)
     """Extra record fields copied into metadata."""
+    unit_bytes: int = 64 << 20
+    """Input bytes of one task (a work unit), about. A larger file is split into parts of about
+    this size (uncompressed JSONL at line boundaries, Parquet at row groups; .gz/.zst JSONL, WARC
+    and .txt folders stay whole), each with its own output shard (`<name>@00001.parquet`); smaller
+    files are grouped into tasks of up to this size, each keeping its own shard. Ids stay
+    positional (`relpath:line`) whatever the split (`data_pipeline.units`)."""
 
     def __post_init__(self) -> None:
         check(
@@ -68,22 +78,44 @@ class InputConfig:
             self.paths,
             "a list of non-empty paths",
         )
+        check(self.unit_bytes >= 1, "input.unit_bytes", self.unit_bytes, ">= 1 (bytes)")
 
 
 @dataclass(frozen=True)
 class InputUnit:
-    """One unit of work: a file, or a folder of .txt files. `name` is filesystem-safe and unique."""
+    """One input: a file, or a folder of .txt files, or a part of a file split by
+    `data_pipeline.units` (`part` set). `name` is filesystem-safe and unique per file."""
 
     path: str
     relpath: str
     format: str
     name: str
+    part: int | None = None
+    """Index of this part of a split file; None: the whole file."""
+    start: int = 0
+    """First byte (JSONL) or row group (Parquet) of the part."""
+    end: int = -1
+    """End (exclusive) byte or row group of the part; -1: the end of the file."""
+    first_record: int = 0
+    """Records of the file before the part: lines (JSONL, blank ones too) or rows (Parquet)."""
+    num_bytes: int = 0
+    """Input bytes of the unit (0: not measured yet)."""
 
     @property
     def stem(self) -> str:
         """What the unit's output files are named after: `name` without a `.parquet` suffix, so a
-        Parquet input's shard is `part-00000.parquet`, not `part-00000.parquet.parquet`."""
-        return self.name.removesuffix(".parquet")
+        Parquet input's shard is `part-00000.parquet`, not `part-00000.parquet.parquet`; a part of
+        a split file adds `@NNNNN`."""
+        stem = self.name.removesuffix(".parquet")
+        return stem if self.part is None else f"{stem}@{self.part:05d}"
+
+    @property
+    def label(self) -> str:
+        """The unit in messages: its path, and the part's range."""
+        if self.part is None:
+            return self.relpath
+        what = "bytes" if self.format == "jsonl" else "row groups"
+        return f"{self.relpath} {what} {self.start}-{self.end}"
 
 
 @dataclass(frozen=True)
@@ -165,11 +197,16 @@ def scan_inputs(cfg: InputConfig) -> InputScan:
         if spec_path.is_dir():
             root, files = spec_path, [p for p in spec_path.rglob("*") if p.is_file()]
         elif spec_path.is_file():
+            if (cfg.format if cfg.format != "auto" else _format_of(spec)) is None:
+                # a file named on its own is an error, not skipped like one found in a folder
+                raise InputError(f"input file {spec} cannot be read: {_skip_reason(spec_path)}")
             root, files = spec_path.parent, [spec_path]
+        elif not glob.has_magic(spec):
+            raise InputError(f"input path {spec} does not exist")
         else:
             files = [Path(m) for m in glob.glob(spec, recursive=True) if Path(m).is_file()]
             if not files:
-                raise InputError(f"input path {spec!r} matches no file")
+                raise InputError(f"input glob {spec} matches no file")
             root = _glob_root(spec)
         text_dirs: set[Path] = set()
         for f in sorted(files):
@@ -192,11 +229,24 @@ def scan_inputs(cfg: InputConfig) -> InputScan:
             + (f"; skipped {len(skipped)}: {format_skipped(list(skipped.values()))}" if skipped else "")
         )
     out = sorted(units.values(), key=lambda u: (u.relpath, u.path))
-    stems = [u.stem for u in out]
-    dupes = {n for n in stems if stems.count(n) > 1}
+    dupes = {n for n, c in Counter(u.stem for u in out).items() if c > 1}
     if dupes:
         raise InputError(f"two inputs map to the same shard name {sorted(dupes)[0]!r}: give distinct folders")
     return InputScan(out, sorted(skipped.values(), key=lambda s: s.path))
+
+
+def unit_fingerprint(unit: InputUnit) -> dict:
+    """What a unit's done records are keyed on: its file's `file_fingerprint` (size, mtime, sampled
+    sha256), or for a folder of .txt files the name and fingerprint of each."""
+    if unit.format != "text":
+        return file_fingerprint(unit.path)
+    files = sorted(Path(unit.path).glob("*.txt"))
+    return {"files": [[f.name, *file_fingerprint(f).values()] for f in files]}
+
+
+def unit_fingerprints(units: list[InputUnit]) -> list[dict]:
+    """`unit_fingerprint` of every unit, on a thread pool (a run over thousands of files)."""
+    return io_map(unit_fingerprint, units)
 
 
 def format_skipped(skipped: list[SkippedFile], max_shown: int = 5) -> str:
@@ -280,10 +330,16 @@ def read_jsonl_docs(unit: InputUnit, cfg: InputConfig) -> Iterator[tuple[Doc, Re
     import orjson  # [data] extra; the config and CLI import this module without it
 
     conv = _RecordConverter(cfg, unit)
+    pos, end = unit.start, unit.end if unit.end >= 0 else float("inf")
     try:
         with _open_binary(unit.path) as raw:
             stream = io.BufferedReader(raw) if not isinstance(raw, io.BufferedReader) else raw
-            for line_no, line in enumerate(stream, 1):
+            if unit.start:
+                stream.seek(unit.start)  # a part starts at a line's first byte (units.split_units)
+            for line_no, line in enumerate(stream, unit.first_record + 1):
+                if pos >= end:
+                    break
+                pos += len(line)
                 if not line.strip():
                     continue
                 doc_id = f"{unit.relpath}:{line_no}"
@@ -318,12 +374,11 @@ def read_parquet(
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
         raise InputError(f"cannot read {unit.path}: {e}") from None
     names = pf.schema_arrow.names
+    groups = None if unit.part is None else range(unit.start, unit.end)
     if unit.format == "shards":
-        row = 0
-        for batch in pf.iter_batches(batch_size=batch_rows):
+        for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups):
             for rec in batch.to_pylist():
                 yield Doc.from_row(rec), None
-                row += 1
         return
     if cfg.text_field not in names:
         raise InputError(f"{unit.path}: no column {cfg.text_field!r} (input.text_field); columns: {names}")
@@ -333,9 +388,9 @@ def read_parquet(
         for c in {cfg.text_field, cfg.id_field, cfg.url_field, cfg.source_field, *cfg.keep_fields}
         if c in names
     ]
-    row = 0
+    row = unit.first_record
     try:
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=wanted):
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=wanted, row_groups=groups):
             for rec in batch.to_pylist():
                 yield conv.convert(rec, f"{unit.relpath}#{row}", f"{unit.path} row {row}")
                 row += 1

@@ -8,7 +8,10 @@ max(min_per_source, round(fraction * n)) are held out (never all of them: at lea
 training). The choice depends only on the ids, the seed and the counts, so it is the same for any
 shard layout or worker count. Each input shard gives one output shard of the same name on each
 side (possibly empty), and stats.json accounts for every document: in = train + heldout.
-pyarrow only (no Ray): the split reads ids, then rewrites shards, both cheap next to the filters.
+The input is what every data stage takes: a stage directory, or files, folders and globs of raw
+documents, which are first read into OUT/_work/input by the pipeline's `read` step (on Ray; the
+work is removed after the split). On a stage directory the split is pyarrow only: it reads ids,
+then rewrites shards, both cheap next to the filters.
 """
 
 from __future__ import annotations
@@ -21,7 +24,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pretrain.core.files import write_json
+from data_pipeline.inputs import carry_read_rejects, stage_dir_of_inputs
+from data_pipeline.readers import InputConfig
+from pretrain.core.done import WORK_DIR, remove_work
+from pretrain.core.files import read_json, write_json
+from pretrain.core.runner import RayConfig
 from pretrain.core.shards import (
     DOC_SCHEMA,
     list_shards,
@@ -51,10 +58,29 @@ def heldout_ids(
 
 
 def split_heldout(
-    input_dir: str | Path, output_dir: str | Path, heldout_fraction: float, min_per_source: int, seed: int
+    inputs: str | Path | list[str],
+    output_dir: str | Path,
+    heldout_fraction: float,
+    min_per_source: int,
+    seed: int,
+    ray: RayConfig | None = None,
 ) -> dict[str, Any]:
-    """Write output_dir/train and output_dir/heldout stage directories; return the stats."""
-    inp, out = Path(input_dir), Path(output_dir)
+    """Write output_dir/train and output_dir/heldout stage directories; return the stats.
+    `inputs`: a stage directory, or raw files, folders and globs (read on `ray` first)."""
+    out = Path(output_dir)
+    paths = [str(p) for p in inputs] if isinstance(inputs, list) else [str(inputs)]
+    read_dir = out / WORK_DIR / "input"
+    inp = stage_dir_of_inputs(InputConfig(paths=paths), read_dir, ray or RayConfig())
+    stats = _split(inp, out, heldout_fraction, min_per_source, seed)
+    if inp == read_dir:  # raw inputs: what the read step rejected is kept and counted
+        read = read_json(read_dir / "stats.json")
+        stats["read"] = read["stages"]["read"] | {"rejects": carry_read_rejects(read_dir, out)}
+        write_json(out / "stats.json", stats)
+        remove_work(out)
+    return stats
+
+
+def _split(inp: Path, out: Path, heldout_fraction: float, min_per_source: int, seed: int) -> dict[str, Any]:
     shards = list_shards(inp)
     if not shards:
         raise FileNotFoundError(f"no document shards under {inp}/shards")

@@ -1,19 +1,25 @@
 """The work of one Ray task, as plain functions (no Ray import): testable in-process.
 
-Phase 1 `run_chain(unit)`: read one input unit, run the fused per-document stages, write the kept
-docs (with their row ordinal) to `_work/chain/`, rejects to `rejects/`, and the exact-dedup hashes
-of kept docs to `_work/hashes/p=NNNNN/`. Phase 2 `dedup_partition(p)`: within one hash partition,
-mark every doc whose text hash was seen earlier (by input order) as a duplicate of the first.
-Phase 3 `finalize_shard(unit)`: drop the duplicates of one shard and write `shards/`.
-Each task ends by writing a `.done.json` record; a rerun skips tasks whose record matches.
+Phase 1 `run_chain(units)`: for each input unit of a group (a file, or a part of one: see
+`data_pipeline.units`), read it, run the fused per-document stages, write the kept docs (with their
+row ordinal) to `_work/chain/`, rejects to `rejects/`, and the exact-dedup hashes of kept docs to
+one run `_work/hashes/<unit>.arrow` (see `data_pipeline.shuffle`). Phase 2 `dedup_partition(q)`:
+within one range of hashes, mark every doc whose text hash was seen earlier (by input order) as a
+duplicate of the first; `dup_lists(r)` then routes them to the unit that holds them, one small
+file per unit. Phase 3 `finalize_units(units)`: drop each unit's duplicates (reading its shard and
+its own list, nothing else) and write `shards/`.
+Each unit ends with a `.done.json` record (a part's holds its range); a rerun, or the retry of a
+group whose worker died, skips the units whose record matches.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +29,31 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_pipeline.document import Doc, Reject
-from data_pipeline.readers import InputUnit, read_unit
+from data_pipeline.readers import InputError, InputUnit, read_unit
+from data_pipeline.shuffle import RunSet, chunk_rows, key_range, write_run, write_unit_lists
 from pretrain.core.config import config_hash
-from pretrain.core.done import output_sizes
+from pretrain.core.done import load_done, output_fingerprints
 from pretrain.core.files import write_json
 from pretrain.core.runner import maybe_crash
-from pretrain.core.shards import DOC_SCHEMA, REJECT_SCHEMA, ShardWriter, write_table
+from pretrain.core.shards import DOC_SCHEMA, REJECT_SCHEMA, ShardWriter
 
 CHAIN_SCHEMA = pa.schema(list(DOC_SCHEMA) + [pa.field("_ord", pa.int64(), nullable=False)])
 HASH_SCHEMA = pa.schema(
-    [("hash", pa.binary(16)), ("shard", pa.string()), ("ord", pa.int64()), ("id", pa.string())]
+    [
+        ("key", pa.uint64()),
+        ("hash", pa.binary(16)),
+        ("shard", pa.string()),
+        ("ord", pa.int64()),
+        ("id", pa.string()),
+    ]
 )
-DUP_SCHEMA = pa.schema(
-    [("shard", pa.string()), ("ord", pa.int64()), ("id", pa.string()), ("survivor_id", pa.string())]
-)
+DUP_LIST_SCHEMA = pa.schema([("ord", pa.int64()), ("survivor_id", pa.string())])
+# Peak task memory per row of exact dedup's reducers, temporaries included, measured here with
+# MemoryGuard on bench/data_scale.py's documents (200,000 in 200 files, one reducer): 282 bytes per
+# hash row (key, digest, unit stem, row, id and their sort), 540 per duplicate in the removal lists
+# (mostly fixed costs at 5,000 of them). The driver sizes the shuffle with them, rounded up.
+HASH_ROW_BYTES = 300
+DUP_ROW_BYTES = 500
 EXAMPLE_CHARS = 160
 
 _STAGE_CACHE: dict[str, list] = {}  # Ray reuses worker processes: build models once per process
@@ -77,8 +94,30 @@ def text_hash(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
-def partition_of(h: bytes, num_partitions: int) -> int:
-    return int.from_bytes(h[:8], "big") % num_partitions
+def hash_table(rows: list[tuple[bytes, int, str]], unit: str) -> pa.Table:
+    """(hash, row, id) of a unit's kept documents as HASH_SCHEMA rows, keyed by the hash's first
+    8 bytes."""
+    digests = [r[0] for r in rows]
+    key = np.frombuffer(b"".join(d[:8] for d in digests), dtype=">u8").astype(np.uint64)
+    return pa.table(
+        {
+            "key": key,
+            "hash": pa.array(digests, pa.binary(16)),
+            "shard": pa.array([unit] * len(rows), pa.string()),
+            "ord": pa.array([r[1] for r in rows], pa.int64()),
+            "id": pa.array([r[2] for r in rows], pa.string()),
+        },
+        schema=HASH_SCHEMA,
+    )
+
+
+def hash_run_path(out: Path, unit: str) -> Path:
+    return out / "_work" / "hashes" / f"{unit}.arrow"
+
+
+def dup_list_path(out: Path, unit: str) -> Path:
+    """The exact duplicates of one unit: its rows that exact dedup drops, and their survivors."""
+    return out / "_work" / "dup_lists" / f"{unit}.parquet"
 
 
 def doc_language(metadata: dict) -> str:
@@ -128,13 +167,50 @@ def add_examples(dst: list[dict], src: list[dict], per_language: int) -> None:
             have[lang] += 1
 
 
-def run_chain(unit: InputUnit, cfg, out_dir: str, fingerprint: dict) -> dict[str, Any]:
-    t0 = time.perf_counter()
+def run_group(
+    step: Callable[[InputUnit, Any, Path, Any], dict],
+    step_dir: str,
+    units: list[InputUnit],
+    cfg,
+    out_dir: str,
+    fingerprints: list,
+) -> dict[str, Any]:
+    """`step(unit, cfg, out, fingerprint)` for each unit of a group whose done record
+    (`_work/<step_dir>/<stem>.done.json`) is missing or stale. A unit that cannot be read does not stop
+    the others: the group fails after them, naming every such file. Returns {"units": {stem:
+    record}, "num_in": documents read}."""
     out = Path(out_dir)
+    records: dict[str, dict] = {}
+    bad: list[str] = []
+    for unit, fp in zip(units, fingerprints):
+        done = out / "_work" / step_dir / f"{unit.stem}.done.json"
+        if (rec := load_done(out, done, fp)) is None:
+            try:
+                rec = step(unit, cfg, out, fp)
+            except InputError as e:
+                bad.append(str(e))
+                continue
+        records[unit.stem] = rec
+    if bad:
+        raise InputError("; ".join(bad))
+    return {"units": records, "num_in": sum(r["num_in"] for r in records.values())}
+
+
+def run_chain(units: list[InputUnit], cfg, out_dir: str, fingerprints: list[dict]) -> dict[str, Any]:
+    """Phase 1 for a group of units (one Ray task)."""
+    return run_group(chain_unit, "chain", units, cfg, out_dir, fingerprints)
+
+
+def finalize_units(units: list[InputUnit], cfg, out_dir: str, fingerprints: list[str]) -> dict[str, Any]:
+    """Phase 3 for a group of units (one Ray task)."""
+    return run_group(finalize_unit, "final", units, cfg, out_dir, fingerprints)
+
+
+def chain_unit(unit: InputUnit, cfg, out: Path, fingerprint: dict) -> dict[str, Any]:
+    t0, started_at = time.perf_counter(), time.time()
     stages = _build_stages(cfg)
     tally = RejectTally(cfg.num_example_rejects)
-    num_parts = cfg.exact_dedup.num_partitions
-    hashes: dict[int, list] = defaultdict(list)
+    hashes: list[tuple] = []
     num_in = num_kept = 0
     chain_w = ShardWriter(out / "_work" / "chain" / f"{unit.stem}.parquet", CHAIN_SCHEMA)
     rej_w = ShardWriter(out / "rejects" / f"{unit.stem}.parquet", REJECT_SCHEMA)
@@ -163,7 +239,7 @@ def run_chain(unit: InputUnit, cfg, out_dir: str, fingerprint: dict) -> dict[str
                 rows.append(doc.to_row() | {"_ord": o})
                 if cfg.exact_dedup.enabled:
                     h = text_hash(doc.text)
-                    hashes[partition_of(h, num_parts)].append((h, unit.stem, o, doc.id))
+                    hashes.append((h, o, doc.id))
             chain_w.write_rows(rows)
             rej_w.write_rows(rej_rows)
             num_kept += len(rows)
@@ -187,76 +263,93 @@ def run_chain(unit: InputUnit, cfg, out_dir: str, fingerprint: dict) -> dict[str
         rej_w.abort()
         raise
     hash_entries, hash_paths = [], []
-    for p in range(num_parts) if cfg.exact_dedup.enabled else []:
-        rows = hashes.get(p, [])
-        table = pa.Table.from_arrays(
-            [pa.array([r[i] for r in rows], type=HASH_SCHEMA.field(i).type) for i in range(4)],
-            schema=HASH_SCHEMA,
-        )
-        hash_paths.append(out / "_work" / "hashes" / f"p={p:05d}" / f"{unit.stem}.parquet")
-        hash_entries.append(write_table(hash_paths[-1], table))
+    if cfg.exact_dedup.enabled:  # one run per unit, keyed by the hash: see data_pipeline.shuffle
+        hash_paths.append(hash_run_path(out, unit.stem))
+        hash_entries.append(write_run(hash_paths[-1], hash_table(hashes, unit.stem), "key"))
     record = {
         "unit": unit.stem,
         "input": unit.path,
         "relpath": unit.relpath,
+        "part": None if unit.part is None else unit_range(unit),
         "fingerprint": fingerprint,
         "num_in": num_in,
         "num_kept": num_kept,
+        "num_bytes": unit.num_bytes,
         "chain": chain_entry,
         "rejects": rej_entry,
         "num_hash_rows": sum(e["rows"] for e in hash_entries),
         "seconds": round(time.perf_counter() - t0, 3),
-        "outputs": output_sizes(out, chain_w.path, rej_w.path, *hash_paths),
+        "started_at": started_at,  # wall clock and process: how busy each worker was (bench)
+        "finished_at": time.time(),
+        "pid": os.getpid(),
+        "outputs": output_fingerprints(out, chain_w.path, rej_w.path, *hash_paths),
         **tally.as_dict(),
     }
     write_json(out / "_work" / "chain" / f"{unit.stem}.done.json", record)
     return record
 
 
-def dedup_partition(p: int, unit_names: list[str], out_dir: str, fingerprint: str) -> dict[str, Any]:
-    """Within one hash partition, the first doc (by input order, then row) of each hash survives."""
+def dedup_partition(
+    q: int, num_partitions: int, unit_names: list[str], budget: int, out_dir: str, fingerprint: str
+) -> dict[str, Any]:
+    """Within hash key range q, the first doc (by input order, then row) of each hash survives. The
+    others go to runs keyed by their unit's index, for `dup_lists`."""
     out = Path(out_dir)
-    part_dir = out / "_work" / "hashes" / f"p={p:05d}"
-    tables = [pq.read_table(part_dir / f"{n}.parquet") for n in unit_names]
-    table = pa.concat_tables(tables) if tables else HASH_SCHEMA.empty_table()
+    runs = RunSet([str(hash_run_path(out, n)) for n in unit_names], "key")
     order = {n: i for i, n in enumerate(unit_names)}
-    num_dups = 0
-    if table.num_rows:
-        unit_idx = pa.array([order[s] for s in table.column("shard").to_pylist()], pa.int64())
-        table = table.append_column("unit_idx", unit_idx)
+    paths, num_rows, num_dups = [], 0, 0
+    for c, (lo, hi) in enumerate(
+        runs.chunks(*key_range(q, num_partitions), chunk_rows(budget, HASH_ROW_BYTES))
+    ):
+        table = runs.read(lo, hi)
+        if table is None:
+            continue
+        num_rows += table.num_rows
+        unit_idx = pa.array([order[s] for s in table.column("shard").to_pylist()], pa.uint64())
+        table = table.append_column("unit", unit_idx)
         table = table.take(
-            pc.sort_indices(table, [("hash", "ascending"), ("unit_idx", "ascending"), ("ord", "ascending")])
+            pc.sort_indices(table, [("hash", "ascending"), ("unit", "ascending"), ("ord", "ascending")])
         )
-        h = table.column("hash").to_numpy(zero_copy_only=False)
+        digests = table.column("hash").combine_chunks()  # fixed 16 bytes: compared as two uint64
+        h = np.frombuffer(digests.buffers()[1], dtype=np.uint64)[2 * digests.offset :][: 2 * len(digests)]
+        h = h.reshape(-1, 2)
         same_as_prev = np.zeros(len(h), dtype=bool)
-        same_as_prev[1:] = h[1:] == h[:-1]
-        idx = np.arange(len(h))
-        group_start = np.maximum.accumulate(np.where(same_as_prev, 0, idx))
-        dup_rows = np.nonzero(same_as_prev)[0]
+        same_as_prev[1:] = (h[1:] == h[:-1]).all(axis=1)
+        group_start = np.maximum.accumulate(np.where(same_as_prev, 0, np.arange(len(h))))
+        dup_rows = np.flatnonzero(same_as_prev)
         ids = table.column("id")
         dups = pa.table(
             {
-                "shard": table.column("shard").take(dup_rows),
+                "unit": table.column("unit").take(dup_rows),
                 "ord": table.column("ord").take(dup_rows),
-                "id": ids.take(dup_rows),
                 "survivor_id": ids.take(group_start[dup_rows]),
-            },
-            schema=DUP_SCHEMA,
+            }
         )
-        num_dups = dups.num_rows
-    else:
-        dups = DUP_SCHEMA.empty_table()
-    dup_path = out / "_work" / "dups" / f"p={p:05d}.parquet"
-    entry = write_table(dup_path, dups.sort_by([("shard", "ascending"), ("ord", "ascending")]))
+        num_dups += dups.num_rows
+        paths.append(out / "_work" / "dups" / f"q={q:05d}.c{c:04d}.arrow")
+        write_run(paths[-1], dups, "unit")
     record = {
-        "partition": p,
+        "partition": q,
         "fingerprint": fingerprint,
-        "num_rows": table.num_rows,
+        "num_rows": num_rows,
         "num_dups": num_dups,
-        "dups": entry,
-        "outputs": output_sizes(out, dup_path),
+        "runs": [str(p) for p in paths],
+        "outputs": output_fingerprints(out, *paths),
     }
-    write_json(out / "_work" / "dups" / f"p={p:05d}.done.json", record)
+    write_json(out / "_work" / "dups" / f"q={q:05d}.done.json", record)
+    return record
+
+
+def dup_lists(
+    r: int, first: int, unit_names: list[str], runs: list[str], out_dir: str, fingerprint: str
+) -> dict:
+    """The duplicate lists of units first .. first + len(unit_names) - 1, one file each."""
+    out = Path(out_dir)
+    paths = [dup_list_path(out, n) for n in unit_names]
+    num_rows = write_unit_lists(runs, first, paths, DUP_LIST_SCHEMA, "ord")
+    record = {"partition": r, "fingerprint": fingerprint, "num_dups": num_rows}
+    record["outputs"] = output_fingerprints(out, *paths)
+    write_json(out / "_work" / "dup_lists" / f"q={r:05d}.done.json", record)
     return record
 
 
@@ -334,7 +427,7 @@ def filter_unit(
         "shard": shard_entry,
         "rejects": rej_entry,
         "seconds": round(time.perf_counter() - t0, 3),
-        "outputs": output_sizes(out, shard_path, reject_path),
+        "outputs": output_fingerprints(out, shard_path, reject_path),
         **tally.as_dict(),
     }
     if done_path is not None:
@@ -342,18 +435,24 @@ def filter_unit(
     return record
 
 
-def finalize_shard(unit_name: str, cfg, out_dir: str, fingerprint: str) -> dict[str, Any]:
+def unit_range(unit: InputUnit) -> dict[str, int]:
+    """What a part's done record and manifest entry say of its range: bytes (JSONL) or row groups
+    (Parquet), and the records of the file before it."""
+    kind = "bytes" if unit.format == "jsonl" else "row_groups"
+    return {"index": unit.part, kind: [unit.start, unit.end], "records_before": unit.first_record}
+
+
+def finalize_unit(unit: InputUnit, cfg, out: Path, fingerprint: str) -> dict[str, Any]:
     """Write shards/<unit>.parquet: the chain output minus exact duplicates (rejected with survivor);
     with `partition_by_language`, shards/lang=xx/<unit>.xx.parquet, one per language present."""
     t0 = time.perf_counter()
-    out = Path(out_dir)
+    unit_name = unit.stem
     dup_of: dict[int, str] = {}
-    if cfg.exact_dedup.enabled:
-        for p in range(cfg.exact_dedup.num_partitions):
-            t = pq.read_table(
-                out / "_work" / "dups" / f"p={p:05d}.parquet", filters=[("shard", "=", unit_name)]
-            )
-            dup_of.update(zip(t.column("ord").to_pylist(), t.column("survivor_id").to_pylist()))
+    bytes_read = (out / "_work" / "chain" / f"{unit_name}.parquet").stat().st_size
+    if cfg.exact_dedup.enabled:  # its own list only: dup_lists routed every unit's rows to it
+        t = pq.ParquetFile(dup_list_path(out, unit_name)).read()
+        bytes_read += dup_list_path(out, unit_name).stat().st_size
+        dup_of.update(zip(t.column("ord").to_pylist(), t.column("survivor_id").to_pylist()))
     tally = RejectTally(cfg.num_example_rejects)
     drop = {o: (Reject("exact_duplicate", sid), {"duplicate_of": sid}) for o, sid in dup_of.items()}
     partition = cfg.partition_by_language
@@ -377,10 +476,11 @@ def finalize_shard(unit_name: str, cfg, out_dir: str, fingerprint: str) -> dict[
         count_in=cfg.exact_dedup.enabled,
     )
     entry = record.pop("shard")
+    record["bytes_read"] = bytes_read  # each file read whole
     if partition:
         record["shards"], paths = split_by_language(shard_path, out / "shards", unit_name, cfg.batch_rows)
         shard_path.unlink()
-        record["outputs"] = output_sizes(out, *paths, reject_path)
+        record["outputs"] = output_fingerprints(out, *paths, reject_path)
     else:
         record["shards"] = [entry]
     write_json(done_path, record)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import re
 import shlex
 import subprocess
@@ -74,7 +75,8 @@ def check_invocation(module: str, argv: list[str], world_size: int = 1) -> argpa
     elif (module, args.cmd) == ("data_pipeline", "minhash"):
         from data_pipeline.minhash.dedup import load_minhash_config
 
-        load_minhash_config(config, [f"input_dir={args.input}", f"output_dir={args.output}", *overrides])
+        paths = [f"input.paths={json.dumps(args.input)}", f"output_dir={args.output}"]  # as cmd_minhash
+        load_minhash_config(config, [*paths, *overrides])
     elif (module, args.cmd) == ("tokenizer", "train"):
         from tokenizer.config import TokenizerTrainConfig
 

@@ -68,7 +68,9 @@ def test_killed_driver_resumes_to_identical_output(small_corpus, reference, tmp_
     proc.wait()
     assert not (out / "manifest.json").exists()
     finished = {p: p.stat().st_mtime_ns for p in (out / "_work").rglob("*.done.json")}
-    res = subprocess.run(_cli(out, small_corpus), env=_env(), capture_output=True, text=True, timeout=400)
+    res = subprocess.run(
+        _cli(out, small_corpus, "--keep-work"), env=_env(), capture_output=True, text=True, timeout=400
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert finished and all(p.stat().st_mtime_ns == t for p, t in finished.items()), (
         "finished tasks were redone"

@@ -2,6 +2,7 @@
 
 pretrain tokenizer train --input runs/data --out runs/tokenizer [--config configs/tokenizer_tiny.yaml] [k=v]
 pretrain tokenizer encode --input runs/data --tokenizer runs/tokenizer --output runs/tokens [--workers N]
+pretrain tokenizer encode --input raw/web.jsonl raw/books/ --tokenizer runs/tokenizer --output runs/tokens
 pretrain tokenizer inspect --tokenizer runs/tokenizer "some text"
 ray job submit --working-dir . -- python -m tokenizer encode --input ... --tokenizer ... --output ...
 """
@@ -12,6 +13,7 @@ import argparse
 import shutil
 import sys
 
+from data_pipeline.readers import InputError
 from pretrain.core.cli import add_config_args, dispatch
 from pretrain.core.config import dump_yaml, load_config
 from pretrain.core.runner import PipelineError
@@ -36,7 +38,12 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("encode", help="encode document shards into token shards (one Ray task per shard)")
-    p.add_argument("--input", required=True, help="stage directory with shards/ + manifest.json")
+    p.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        help="a stage directory (shards/ + manifest.json), files, folders or globs",
+    )
     p.add_argument("--tokenizer", required=True, help="tokenizer directory (pretrain tokenizer train --out)")
     p.add_argument("--output", required=True, help="token-shard directory to write")
     p.add_argument("--workers", type=int, help="encode tasks at once (default: one per CPU)")
@@ -87,7 +94,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         shutil.rmtree(args.output, ignore_errors=True)
     try:
         stats = run_encode(args.input, args.tokenizer, args.output, cfg)
-    except (PipelineError, FileNotFoundError, ValueError) as e:
+    except (PipelineError, InputError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     rate = f", {stats['mb_per_second']} MB/s" if stats["mb_per_second"] else ""

@@ -1,6 +1,11 @@
 """`pretrain tokenizer encode`: document shards -> token shards, one Ray task per document shard.
 
     stats = run_encode("runs/data", "runs/tokenizer", "runs/tokens", TokenizerEncodeConfig(workers=2))
+    stats = run_encode(["raw/web.jsonl", "raw/books/"], "runs/tokenizer", "runs/tokens", cfg)
+
+The input is what every data stage takes: a stage directory, or files, folders and globs of raw
+documents, which are read into OUT/_work/input by the data pipeline's `read` step first (removed
+when the encode finishes; a rerun reads them again, to the same shards, and encodes nothing).
 
 A document shard may hold several sources; its task writes one token shard per source,
 OUT/shards/<doc-shard-stem>.<source>.arrow, each document stored as [BOS if add_bos] + ids + [EOS],
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -23,9 +29,11 @@ from urllib.parse import quote
 
 import numpy as np
 
+from data_pipeline.inputs import carry_read_rejects, stage_dir_of_inputs
+from data_pipeline.readers import InputConfig
 from pretrain.core.config import dump_yaml
-from pretrain.core.done import load_done, output_sizes
-from pretrain.core.files import write_json
+from pretrain.core.done import load_done_many, output_fingerprints
+from pretrain.core.files import read_json, write_json
 from pretrain.core.hashing import file_fingerprint, sha256_file
 from pretrain.core.progress import Progress
 from pretrain.core.runner import maybe_crash, raise_errors, run_tasks
@@ -35,6 +43,7 @@ from pretrain.core.tokenizer_file import BPETokenizer, load_tokenizer
 from tokenizer.config import TokenizerEncodeConfig
 from tokenizer.sample import byte_lengths
 
+READ_DIR = "input"  # OUT/_work/input: raw inputs read into document shards
 LAYOUT_VERSION = 1  # bump when the token layout of a document changes: old done records go stale
 
 _TOKENIZERS: dict[str, BPETokenizer] = {}  # Ray reuses worker processes: load once per process
@@ -101,14 +110,14 @@ def encode_shard(
         "shards": entries,
         "seconds": round(time.perf_counter() - t0, 3),
         "cpu_seconds": round(time.process_time() - cpu0, 3),
-        "outputs": output_sizes(out, *paths),
+        "outputs": output_fingerprints(out, *paths),
     }
     write_json(out / "_work" / f"{stem}.done.json", record)
     return record
 
 
 def _input_fingerprints(inp: Path, shards: list[Path]) -> dict[str, Any]:
-    """Per document shard: its sha256 from the input manifest, else its size and mtime."""
+    """Per document shard: its sha256 from the input manifest, else its file_fingerprint."""
     by_name = {e["path"]: e.get("sha256") for e in read_manifest(inp).get("shards", [])}
     rels = {p: shard_relpath(inp, p) for p in shards}
     return {
@@ -117,13 +126,22 @@ def _input_fingerprints(inp: Path, shards: list[Path]) -> dict[str, Any]:
 
 
 def run_encode(
-    input_dir: str | Path, tok_dir: str | Path, out_dir: str | Path, cfg: TokenizerEncodeConfig
+    input_paths: str | Path | list[str], tok_dir: str | Path, out_dir: str | Path, cfg: TokenizerEncodeConfig
 ) -> dict[str, Any]:
-    """Encode every document shard of INPUT (skipping finished ones); write the manifest and stats."""
+    """Encode every document shard of INPUT (skipping finished ones); write the manifest and stats.
+    INPUT: a stage directory, or raw files, folders and globs (see the module docstring)."""
     t_start = time.perf_counter()
-    inp, out = Path(input_dir), Path(out_dir)
+    out = Path(out_dir)
     bpe = load_tokenizer(tok_dir)
-    read_manifest(inp)  # a clear error when INPUT is not a finished stage directory
+    run_cfg = cfg
+    if cfg.workers:
+        ray_cfg = dataclasses.replace(
+            cfg.ray, max_in_flight=cfg.workers, num_cpus=cfg.ray.num_cpus or cfg.workers
+        )
+        run_cfg = dataclasses.replace(cfg, ray=ray_cfg)
+    paths = [str(p) for p in input_paths] if isinstance(input_paths, list) else [str(input_paths)]
+    read_dir = out / "_work" / READ_DIR
+    inp = stage_dir_of_inputs(InputConfig(paths=paths), read_dir, run_cfg.ray, cfg.progress)
     shards = list_shards(inp)
     if not shards:
         raise FileNotFoundError(f"no document shards listed in {inp / 'manifest.json'}")
@@ -137,20 +155,21 @@ def run_encode(
 
     records: dict[str, dict] = {}
     jobs = []
-    for path in shards:
-        fp = {"input": inputs[path.stem], "tokenizer_hash": bpe.hash, "add_bos": cfg.add_bos}
-        fp["layout"] = LAYOUT_VERSION
-        rec = load_done(out, out / "_work" / f"{path.stem}.done.json", fp)
+    fps = [
+        {
+            "input": inputs[p.stem],
+            "tokenizer_hash": bpe.hash,
+            "add_bos": cfg.add_bos,
+            "layout": LAYOUT_VERSION,
+        }
+        for p in shards
+    ]
+    done = load_done_many(out, [(out / "_work" / f"{p.stem}.done.json", fp) for p, fp in zip(shards, fps)])
+    for path, fp, rec in zip(shards, fps, done):
         if rec is not None:
             records[path.stem] = rec
         else:
             jobs.append((path.stem, (str(path), tok_dir_abs, str(out), cfg, fp)))
-    run_cfg = cfg
-    if cfg.workers:
-        ray_cfg = dataclasses.replace(
-            cfg.ray, max_in_flight=cfg.workers, num_cpus=cfg.ray.num_cpus or cfg.workers
-        )
-        run_cfg = dataclasses.replace(cfg, ray=ray_cfg)
     progress = Progress(enabled=cfg.progress)
     progress.start("encode", total=len(shards), done=len(shards) - len(jobs))
     t_tasks = time.perf_counter()
@@ -172,12 +191,17 @@ def run_encode(
         bos_id=bpe.bos_id if cfg.add_bos else None,
         appends_eos=True,
         tokenizer_dir=tok_dir_abs,
-        input_dir=str(inp.resolve()),
+        input_dir=str(inp.resolve()) if inp != read_dir else None,
+        inputs=paths,
         input_manifest_sha256=sha256_file(inp / "manifest.json"),
         layout_version=LAYOUT_VERSION,
     )
     stats = _stats(manifest, entries, records, results, time.perf_counter() - t_start, t_tasks, run_cfg)
+    if inp == read_dir:  # raw inputs: what the read step rejected is kept and counted
+        read = read_json(read_dir / "stats.json")
+        stats["read"] = read["stages"]["read"] | {"rejects": carry_read_rejects(read_dir, out)}
     write_json(out / "stats.json", stats)
+    shutil.rmtree(read_dir, ignore_errors=True)  # the read documents: not needed any more
     return stats
 
 
@@ -187,7 +211,7 @@ def _remove_stale(out: Path, keep: set[str], stems: set[str]) -> None:
         if f"shards/{f.name}" not in keep:
             f.unlink()
     for f in (out / "_work").glob("*"):
-        if f.name.startswith(".") or f.name.removesuffix(".done.json") not in stems:
+        if f.is_file() and (f.name.startswith(".") or f.name.removesuffix(".done.json") not in stems):
             f.unlink()
 
 

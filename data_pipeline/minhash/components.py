@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data_pipeline.shuffle import mix64
 from pretrain.core.files import atomic_path, read_json, write_json
 from pretrain.core.hashing import file_fingerprint
 from pretrain.core.runner import raise_errors, ray_map
@@ -41,22 +42,34 @@ COMPONENT_SCHEMA = pa.schema(
 PARQUET_OPTS: dict[str, Any] = {"compression": "zstd", "compression_level": 3, "use_dictionary": False}
 OFFSETS_KEY = b"partition_offsets"  # rows [off[p], off[p+1]) of a step file are routed to partition p
 STATS_KEY = b"step_stats"
-DEFAULT_SMALL_EDGE_LIMIT = 5_000_000  # union-find on 5M random edges: ~8 s and 0.64 GiB peak RSS here
+# Measured here (2 CPUs, random pair-like graphs in 4 files, bench and tests idle otherwise): one
+# union-find task takes 1.4 s for 1M edges and 10.2 s for 4M at 112 bytes of peak memory per edge;
+# large-star/small-star takes 12.9 s and 40.5 s (9 star steps). Union-find wins at every size that
+# fits one task, so the distributed path starts where it no longer fits: half a task's budget at
+# UNION_FIND_EDGE_BYTES per edge (DEFAULT_SMALL_EDGE_LIMIT when the budget is unknown).
+DEFAULT_SMALL_EDGE_LIMIT = 5_000_000
+UNION_FIND_EDGE_BYTES = 120
+COMPONENT_EDGE_BYTES = 100  # peak task memory per routed edge of a star step
 
 
 class ComponentsNotConverged(RuntimeError):
     """max_iterations star steps ran without convergence; finished steps are kept for a rerun."""
 
 
+class ComponentTooLarge(RuntimeError):
+    """One task of the distributed path would hold more edges than its memory budget."""
+
+
 def partition_of(nodes: np.ndarray, num_partitions: int) -> np.ndarray:
     """splitmix64(node) % num_partitions: deterministic across processes, unlike Python's hash()."""
-    x = np.asarray(nodes, dtype=np.int64).view(np.uint64)
-    with np.errstate(over="ignore"):
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x = x ^ (x >> np.uint64(31))
-    return (x % np.uint64(num_partitions)).astype(np.int64)
+    return (mix64(nodes) % np.uint64(num_partitions)).astype(np.int64)
+
+
+def union_find_limit(budget_bytes: int) -> int:
+    """Edges up to which components run as one union-find task: as many as half a task's memory
+    budget (bytes) holds at UNION_FIND_EDGE_BYTES each; DEFAULT_SMALL_EDGE_LIMIT when it is
+    unknown (0)."""
+    return int(budget_bytes / 2 / UNION_FIND_EDGE_BYTES) if budget_bytes else DEFAULT_SMALL_EDGE_LIMIT
 
 
 def union_find_components(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,17 +137,24 @@ def components(
     num_partitions: int,
     small_edge_limit: int = DEFAULT_SMALL_EDGE_LIMIT,
     max_iterations: int = 100,
+    budget_bytes: int = 0,
 ) -> dict:
-    """union-find when the edge files hold <= small_edge_limit rows (read from footers), else Ray.
+    """One union-find Ray task when the edge files hold <= small_edge_limit rows (read from
+    footers), else large-star/small-star over many; the driver never reads the edges.
 
     Both paths write the same component files (byte for byte) and return the same summary keys.
     """
-    num_edges = sum(pq.ParquetFile(f).metadata.num_rows for f in edge_files)
+    num_edges = sum(_edge_file_rows(f) for f in edge_files)
     if num_edges > small_edge_limit:
-        return ray_components(edge_files, work_dir, num_partitions, max_iterations)
+        return ray_components(edge_files, work_dir, num_partitions, max_iterations, budget_bytes)
     work = Path(work_dir)
     if (summary := _start(edge_files, work, num_partitions)) is not None:
         return summary
+    (res,) = _run(_union_find_task, [(edge_files, work, num_partitions)])
+    return _finish(work, num_partitions, res["num_nodes"], res["num_components"], [], "union_find")
+
+
+def _union_find_task(edge_files: list[str], work: Path, num_partitions: int) -> dict:
     edges = [_read_edge_file(f) for f in edge_files]
     src = np.concatenate([np.empty(0, np.int64), *(e[0] for e in edges)])
     dst = np.concatenate([np.empty(0, np.int64), *(e[1] for e in edges)])
@@ -145,15 +165,22 @@ def components(
     for p in range(num_partitions):
         rows = order[bounds[p] : bounds[p + 1]]
         _write_components(_part_path(work / "components", p), nodes[rows], comp[rows])
-    return _finish(work, num_partitions, len(nodes), int(np.sum(nodes == comp)), [], "union_find")
+    return {"num_nodes": len(nodes), "num_components": int(np.sum(nodes == comp))}
 
 
 def ray_components(
-    edge_files: list[str], work_dir: str, num_partitions: int, max_iterations: int = 100
+    edge_files: list[str],
+    work_dir: str,
+    num_partitions: int,
+    max_iterations: int = 100,
+    budget_bytes: int = 0,
 ) -> dict:
     """Distributed components: large-star / small-star steps until two in a row move no edge.
 
-    Memory: the driver only sees per-task counts; each task holds the edges of one partition.
+    Memory: the driver only sees per-task counts; each task holds the edges of one partition. A
+    large component ends as a star on its smallest node, whose partition then holds all of its
+    edges: a task whose edges would pass `budget_bytes` (0: no check) at COMPONENT_EDGE_BYTES each
+    fails before reading them with ComponentTooLarge, which gives the figures.
     Returns {"num_iterations" (star steps), "num_nodes", "num_components", "component_files", ...};
     raises ComponentsNotConverged after max_iterations star steps (a rerun with more continues).
     """
@@ -184,7 +211,7 @@ def ray_components(
                 f"rerun with a larger max_iterations to continue from {work}"
             )
         task = _large_star_task if step % 2 else _small_star_task
-        jobs = _reduce_jobs(work, step - 1, num_files, num_partitions, _iter_dir(work, step))
+        jobs = _reduce_jobs(work, step - 1, num_files, num_partitions, _iter_dir(work, step), budget_bytes)
         done = _step(work, step, lambda d, task=task, jobs=jobs: _run(task, jobs))
         changed.append(done["changed_edges"])
         num_files = num_partitions
@@ -195,7 +222,7 @@ def ray_components(
     # step outputs its input unchanged, so the last small-star output (routed by both endpoints, as
     # the final step needs) already holds them.
     last_small = len(changed) - len(changed) % 2
-    jobs = _reduce_jobs(work, last_small, num_partitions, num_partitions, work / "components")
+    jobs = _reduce_jobs(work, last_small, num_partitions, num_partitions, work / "components", budget_bytes)
     results = _run(_components_task, jobs)
     num_nodes = sum(r["num_nodes"] for r in results)
     return _finish(
@@ -217,10 +244,12 @@ def _route_input_task(path: str, out: Path, num_partitions: int) -> dict:
     return _existing_stats(out)
 
 
-def _large_star_task(inputs: list[str], partition: int, num_partitions: int, out: Path) -> dict:
+def _large_star_task(
+    inputs: list[str], partition: int, num_partitions: int, out: Path, budget: int = 0
+) -> dict:
     if (stats := _existing_stats(out)) is not None:
         return stats
-    a, b = _read_routed(inputs, partition)
+    a, b = _read_routed(inputs, partition, budget)
     u, v = np.concatenate([a, b]), np.concatenate([b, a])
     mine = partition_of(u, num_partitions) == partition
     hi, lo, moved = large_star(u[mine], v[mine])
@@ -231,10 +260,12 @@ def _large_star_task(inputs: list[str], partition: int, num_partitions: int, out
     return _existing_stats(out)
 
 
-def _small_star_task(inputs: list[str], partition: int, num_partitions: int, out: Path) -> dict:
+def _small_star_task(
+    inputs: list[str], partition: int, num_partitions: int, out: Path, budget: int = 0
+) -> dict:
     if (stats := _existing_stats(out)) is not None:
         return stats
-    hi, lo, moved = small_star(*_read_routed(inputs, partition))
+    hi, lo, moved = small_star(*_read_routed(inputs, partition, budget))
     hi, lo = _unique_pairs(hi, lo)
     # large-star (and the final step) need each edge at both endpoints
     _write_routed(
@@ -246,8 +277,10 @@ def _small_star_task(inputs: list[str], partition: int, num_partitions: int, out
     return _existing_stats(out)
 
 
-def _components_task(inputs: list[str], partition: int, num_partitions: int, out: Path) -> dict:
-    hi, lo = _read_routed(inputs, partition)
+def _components_task(
+    inputs: list[str], partition: int, num_partitions: int, out: Path, budget: int = 0
+) -> dict:
+    hi, lo = _read_routed(inputs, partition, budget)
     # converged: every edge is (leaf, centre) or a (node, node) self-loop of a single-node component
     hi_here = partition_of(hi, num_partitions) == partition
     lo_here = partition_of(lo, num_partitions) == partition
@@ -291,11 +324,11 @@ def _step(work: Path, step: int, compute: Callable[[Path], list[dict]]) -> dict:
 
 
 def _reduce_jobs(
-    work: Path, in_step: int, num_inputs: int, num_partitions: int, out_dir: Path
+    work: Path, in_step: int, num_inputs: int, num_partitions: int, out_dir: Path, budget: int
 ) -> list[tuple]:
     """One job per partition: read its rows from every file of step `in_step`, write out_dir/part-P."""
     inputs = [str(_part_path(_iter_dir(work, in_step), i)) for i in range(num_inputs)]
-    return [(inputs, p, num_partitions, _part_path(out_dir, p)) for p in range(num_partitions)]
+    return [(inputs, p, num_partitions, _part_path(out_dir, p), budget) for p in range(num_partitions)]
 
 
 def _start(edge_files: list[str], work: Path, num_partitions: int) -> dict | None:
@@ -379,16 +412,33 @@ def _route_both(
     return np.r_[hi, hi[other]], np.r_[lo, lo[other]], np.r_[p_hi, p_lo[other]]
 
 
-def _read_edge_file(path: str) -> tuple[np.ndarray, np.ndarray]:
+def _edge_file(path: str) -> pq.ParquetFile:
+    """An edge file, opened and checked from its footer alone (columns, types, null counts)."""
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise ValueError(f"cannot read edge file {path}: {e}") from None
-    if missing := {"src", "dst"} - set(pf.schema_arrow.names):
+    names = pf.schema_arrow.names
+    if missing := {"src", "dst"} - set(names):
         raise ValueError(
-            f"{path}: edge files need integer columns src, dst; missing {sorted(missing)} "
-            f"(columns: {pf.schema_arrow.names})"
+            f"{path}: edge files need integer columns src, dst; missing {sorted(missing)} (columns: {names})"
         )
+    for name in ("src", "dst"):
+        tp = pf.schema_arrow.field(name).type
+        i = names.index(name)
+        groups = (pf.metadata.row_group(g).column(i).statistics for g in range(pf.num_row_groups))
+        nulls = sum(s.null_count for s in groups if s is not None and s.has_null_count)
+        if not pa.types.is_integer(tp) or nulls:
+            raise ValueError(f"{path}: column {name} must be non-null integers, got {tp} with {nulls} nulls")
+    return pf
+
+
+def _edge_file_rows(path: str) -> int:
+    return _edge_file(path).metadata.num_rows
+
+
+def _read_edge_file(path: str) -> tuple[np.ndarray, np.ndarray]:
+    pf = _edge_file(path)
     table = pf.read(columns=["src", "dst"])
     for name in ("src", "dst"):
         column = table.column(name)
@@ -420,12 +470,23 @@ def _existing_stats(out: Path) -> dict | None:
     return json.loads(pq.ParquetFile(out).schema_arrow.metadata[STATS_KEY])
 
 
-def _read_routed(inputs: list[str], partition: int) -> tuple[np.ndarray, np.ndarray]:
-    """The rows routed to `partition` from each step file, reading only their row groups."""
+def _read_routed(inputs: list[str], partition: int, budget: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The rows routed to `partition` from each step file, reading only their row groups; raises
+    ComponentTooLarge first when they would not fit `budget` bytes (0: no check)."""
+    files = [pq.ParquetFile(path) for path in inputs]
+    all_offsets = [json.loads(pf.schema_arrow.metadata[OFFSETS_KEY]) for pf in files]
+    num_rows = sum(o[partition + 1] - o[partition] for o in all_offsets)
+    if budget and num_rows * COMPONENT_EDGE_BYTES > budget:
+        raise ComponentTooLarge(
+            f"connected components: partition {partition} of {num_partitions_of(all_offsets)} would hold "
+            f"{num_rows:,} edges, about {num_rows * COMPONENT_EDGE_BYTES / 2**20:,.0f} MiB at "
+            f"{COMPONENT_EDGE_BYTES} bytes each, over the task budget of {budget / 2**20:,.0f} MiB. When a "
+            "step's other partitions are much smaller, one near-duplicate cluster holds most of these "
+            "edges (a document repeated about that many times; exact dedup first removes verbatim "
+            "copies); raise ray.task_memory_mb, or minhash.partitions.components when they are not"
+        )
     his, los = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
-    for path in inputs:
-        pf = pq.ParquetFile(path)
-        offsets = json.loads(pf.schema_arrow.metadata[OFFSETS_KEY])
+    for path, pf, offsets in zip(inputs, files, all_offsets):
         start, end = offsets[partition], offsets[partition + 1]
         groups, row = [], 0
         for i in range(pf.num_row_groups):
@@ -439,6 +500,10 @@ def _read_routed(inputs: list[str], partition: int) -> tuple[np.ndarray, np.ndar
             his.append(table.column("hi").to_numpy())
             los.append(table.column("lo").to_numpy())
     return np.concatenate(his), np.concatenate(los)
+
+
+def num_partitions_of(all_offsets: list[list[int]]) -> int:
+    return len(all_offsets[0]) - 1 if all_offsets else 0
 
 
 def _write_components(out: Path, node: np.ndarray, comp: np.ndarray) -> None:

@@ -1,16 +1,22 @@
 """The work of one Ray task in MinHash dedup, as plain functions (no Ray import).
 
-Node ids are `(shard_index << 32) | row`, so a node says where its document lives.
-1. `signature_shard`: MinHash signatures of one shard (kept as .npy for verification) and its
-   band buckets, written into hash partitions of (band, bucket key).
+Node ids are `(shard_index << 32) | row`, so a node says where its document lives. Every shuffle
+goes through sorted runs (`data_pipeline.shuffle`): a map task writes one run, a reducer reads its
+key range of every run in chunks its memory budget holds, and the number of reducers of each step
+is chosen by the driver from the rows of that step's input.
+1. `signature_shard`: MinHash signatures of one shard (kept as .npy for verification), its nodes'
+   ids and quality scores, and its band buckets as one run keyed by the bucket key.
 2. `candidate_partition`: documents sharing a bucket become candidate edges (star to the bucket's
-   first member plus a chain through the members: linear in bucket size, connects all of them).
+   first member plus a chain through the members: linear in bucket size, connects all of them),
+   one run per chunk keyed by a hash of the pair, so each pair is verified once.
 3. `verify_partition`: estimated Jaccard from the two signatures; edges below the threshold drop.
    (Connected components then run in `components.py`.)
-4. `member_partition` / `survivor_partition`: gather each cluster's members with their id and
-   quality score, pick the survivor (highest score, then smallest id) and list the rest.
-5. `finalize_shard`: the shard minus the removed documents; each removed one goes to rejects/ with
-   reason `near_duplicate`, its cluster id and survivor id.
+4. `member_runs` / `member_partition` / `survivor_partition`: the clustered nodes, joined with
+   their id and quality score per range of shards (each shard's node file is read once), then per
+   range of clusters the survivor (highest score, then smallest id) and the rest, removed.
+5. `removal_lists`: the removed documents routed to the shard that holds them: one small file
+   per shard, so `finalize_shard` reads the shard and its own list, nothing else; each removed
+   document goes to rejects/ with reason `near_duplicate`, its cluster id and survivor id.
 """
 
 from __future__ import annotations
@@ -26,30 +32,35 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_pipeline.document import Reject
-from data_pipeline.minhash.components import partition_of
 from data_pipeline.minhash.lsh import band_keys
 from data_pipeline.minhash.signatures import EMPTY_VALUE, MinHasher
+from data_pipeline.shuffle import RunSet, chunk_rows, key_range, mix64, write_run, write_unit_lists
 from data_pipeline.tasks import RejectTally, filter_unit
-from pretrain.core.done import output_sizes
-from pretrain.core.files import write_json
+from pretrain.core.done import output_fingerprints
+from pretrain.core.files import atomic_path, write_json
 from pretrain.core.shards import write_table
 
-LAYOUT_VERSION = 2  # bump when a step's files change shape, so old _work records are not reused
-BAND_SCHEMA = pa.schema([("band", pa.int32()), ("key", pa.uint64()), ("node", pa.int64())])
+LAYOUT_VERSION = 3  # bump when a step's files change shape, so old _work records are not reused
 EDGE_SCHEMA = pa.schema([("src", pa.int64()), ("dst", pa.int64())])
 NODE_SCHEMA = pa.schema([("node", pa.int64()), ("id", pa.string()), ("score", pa.float64())])
-MEMBER_SCHEMA = pa.schema(
-    [("component", pa.int64()), ("node", pa.int64()), ("id", pa.string()), ("score", pa.float64())]
-)
-REMOVED_SCHEMA = pa.schema(
+LIST_SCHEMA = pa.schema(
     [
-        ("shard", pa.int64()),
-        ("node", pa.int64()),
+        ("row", pa.int64()),
         ("cluster_id", pa.string()),
         ("survivor_id", pa.string()),
         ("cluster_size", pa.int64()),
     ]
 )
+# Peak task memory per input row of each reducer step, temporaries included, measured here with
+# MemoryGuard on bench/data_scale.py's documents (200,000 of them; one reducer per step): candidates
+# 77 bytes per band row, verify ~2 KB per pair (two 512-byte signatures each, the pages of the
+# signature files it touches, the comparison), member ids 650 and survivors 490 per clustered node,
+# removal lists 510 per removed document (the last three mostly fixed costs at that size). The
+# driver sizes each shuffle and each task its chunks with them, rounded up.
+BAND_ROW_BYTES = 100
+PAIR_ROW_BYTES = 2000
+MEMBER_ROW_BYTES = 650
+REMOVED_ROW_BYTES = 500
 
 
 def node_ids(shard_index: int, num_rows: int) -> np.ndarray:
@@ -57,7 +68,7 @@ def node_ids(shard_index: int, num_rows: int) -> np.ndarray:
 
 
 def _done(out: Path, done_path: Path, record: dict, *paths: Path) -> dict:
-    record["outputs"] = output_sizes(out, *paths)
+    record["outputs"] = output_fingerprints(out, *paths)
     write_json(done_path, record)
     return record
 
@@ -67,6 +78,10 @@ def _quality_score(meta_json: str, field: str) -> float:
         return 0.0
     value = json.loads(meta_json).get(field)
     return float(value) if isinstance(value, (int, float)) else 0.0
+
+
+def _chunk_path(work: Path, step: str, q: int, c: int, suffix: str = "arrow") -> Path:
+    return work / step / f"q={q:05d}.c{c:04d}.{suffix}"
 
 
 def signature_shard(
@@ -80,10 +95,8 @@ def signature_shard(
     hasher = MinHasher(num_perm=cfg.num_perm, seed=cfg.seed, ngram=cfg.ngram, mode=cfg.mode)
     sigs = hasher.signatures(table.column("text").to_pylist())
     sig_path = work / "sig" / f"{name}.npy"
-    sig_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = sig_path.with_suffix(".tmp.npy")
-    np.save(tmp, sigs)
-    tmp.replace(sig_path)
+    with atomic_path(sig_path) as tmp, open(tmp, "wb") as f:  # a file object: np.save adds no suffix
+        np.save(f, sigs)
     nodes = node_ids(shard_index, table.num_rows)
     scores = [_quality_score(m, cfg.quality_score_field) for m in table.column("metadata").to_pylist()]
     node_path = work / "nodes" / f"{name}.parquet"
@@ -93,75 +106,88 @@ def signature_shard(
     # A document without shingles has the all-max "empty" signature: it would share every bucket
     # with every other such document, so it takes no part in banding (it is never a near-dup).
     has_shingles = ~(sigs == EMPTY_VALUE).all(axis=1)
-    keys = band_keys(sigs[has_shingles], bands, rows)  # (N', bands) uint64
-    band = np.broadcast_to(np.arange(bands, dtype=np.int32), keys.shape).ravel()
-    flat_keys = keys.ravel()
-    flat_nodes = np.repeat(nodes[has_shingles], bands)
-    part = partition_of(
-        (flat_keys ^ (band.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))).view(np.int64),
-        cfg.num_partitions,
+    keys = band_keys(sigs[has_shingles], bands, rows)  # (N', bands) uint64; the band is mixed in
+    band_path = work / "bands" / f"{name}.arrow"
+    run = write_run(
+        band_path,
+        pa.table(
+            {
+                "key": keys.ravel(),
+                "band": np.broadcast_to(np.arange(bands, dtype=np.uint16), keys.shape).ravel(),
+                "node": np.repeat(nodes[has_shingles], bands),
+            }
+        ),
+        "key",
     )
-    band_paths = []
-    for p in range(cfg.num_partitions):
-        sel = part == p
-        band_paths.append(work / "bands" / f"p={p:05d}" / f"{name}.parquet")
-        write_table(
-            band_paths[-1],
-            pa.table({"band": band[sel], "key": flat_keys[sel], "node": flat_nodes[sel]}, schema=BAND_SCHEMA),
-        )
     record = {
         "shard": name,
         "fingerprint": fingerprint,
         "num_in": table.num_rows,
+        "num_band_rows": run["rows"],
         "scheme": hasher.scheme_id,
         "num_without_shingles": int((~has_shingles).sum()),
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    return _done(out, work / "sig" / f"{name}.done.json", record, sig_path, node_path, *band_paths)
+    return _done(out, work / "sig" / f"{name}.done.json", record, sig_path, node_path, band_path)
+
+
+def _distinct_rows(*cols: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The distinct rows of equal-length columns, sorted by the first column, then the next."""
+    order = np.lexsort(cols[::-1])
+    cols = tuple(c[order] for c in cols)
+    keep = np.ones(len(order), dtype=bool)
+    if len(order):
+        keep[1:] = np.any([c[1:] != c[:-1] for c in cols], axis=0)
+    return tuple(c[keep] for c in cols)
+
+
+def pair_key(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    return mix64(mix64(src) ^ dst.view(np.uint64))
 
 
 def candidate_partition(
-    p: int, shard_names: list[str], num_partitions: int, out_dir: str, fingerprint: Any
+    q: int, num_partitions: int, band_runs: list[str], budget: int, out_dir: str, fingerprint: Any
 ) -> dict:
+    """Bucket keys in range q: candidate pairs, one run per chunk keyed by `pair_key`."""
     out = Path(out_dir)
     work = out / "_work" / "minhash"
-    tables = [pq.read_table(work / "bands" / f"p={p:05d}" / f"{n}.parquet") for n in shard_names]
-    t = pa.concat_tables(tables) if tables else BAND_SCHEMA.empty_table()
-    src = dst = np.empty(0, np.int64)
-    num_buckets = 0
-    if t.num_rows:
-        t = t.sort_by([("band", "ascending"), ("key", "ascending"), ("node", "ascending")])
-        band = t.column("band").to_numpy()
-        key = t.column("key").to_numpy()
-        node = t.column("node").to_numpy()
+    runs = RunSet(band_runs, "key")
+    paths, num_rows, num_buckets, num_pairs = [], 0, 0, 0
+    for c, (lo, hi) in enumerate(
+        runs.chunks(*key_range(q, num_partitions), chunk_rows(budget, BAND_ROW_BYTES))
+    ):
+        t = runs.read(lo, hi)
+        if t is None:
+            continue
+        num_rows += t.num_rows
+        key, band, node = (t.column(n).to_numpy() for n in ("key", "band", "node"))
+        del t
+        order = np.lexsort((node, band, key))
+        key, band, node = key[order], band[order], node[order]
         same = np.zeros(len(node), dtype=bool)
         same[1:] = (band[1:] == band[:-1]) & (key[1:] == key[:-1])
-        idx = np.arange(len(node))
-        first = np.maximum.accumulate(np.where(same, 0, idx))
-        num_buckets = int(np.sum(same & ~np.r_[False, same[:-1]]))  # buckets with >= 2 members
+        del key, band, order
+        first = np.maximum.accumulate(np.where(same, 0, np.arange(len(node))))
+        num_buckets += int(np.sum(same & ~np.r_[False, same[:-1]]))  # buckets with >= 2 members
         members = np.flatnonzero(same)
         # star edges to the bucket's first member, chain edges between neighbours
         src = np.concatenate([node[first[members]], node[members - 1]])
         dst = np.concatenate([node[members], node[members]])
-        pairs = np.unique(np.stack([np.minimum(src, dst), np.maximum(src, dst)], axis=1), axis=0)
-        pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-        src, dst = pairs[:, 0].copy(), pairs[:, 1].copy()
-    # The same pair usually turns up in several band partitions: route each pair to one verify
-    # partition by a hash of the pair itself, so it is verified (and counted) once.
-    target = partition_of(src * np.int64(0x9E3779B97F4A7C1) ^ dst, num_partitions)
-    paths = []
-    for q in range(num_partitions):
-        sel = target == q
-        paths.append(work / "cand" / f"q={q:05d}" / f"from-{p:05d}.parquet")
-        write_table(paths[-1], pa.table({"src": src[sel], "dst": dst[sel]}, schema=EDGE_SCHEMA))
+        src, dst = np.minimum(src, dst), np.maximum(src, dst)
+        loop = src == dst
+        src, dst = _distinct_rows(src[~loop], dst[~loop])
+        num_pairs += len(src)
+        paths.append(_chunk_path(work, "cand", q, c))
+        write_run(paths[-1], pa.table({"key": pair_key(src, dst), "src": src, "dst": dst}), "key")
     record = {
-        "partition": p,
+        "partition": q,
         "fingerprint": fingerprint,
-        "num_band_rows": t.num_rows,
+        "num_band_rows": num_rows,
         "num_buckets_shared": num_buckets,
-        "num_pairs_emitted": int(len(src)),
+        "num_pairs_emitted": num_pairs,
+        "runs": [str(p) for p in paths],
     }
-    return _done(out, work / "cand" / f"p={p:05d}.done.json", record, *paths)
+    return _done(out, work / "cand" / f"q={q:05d}.done.json", record, *paths)
 
 
 def _signatures_of(nodes: np.ndarray, sig_files: list[str]) -> np.ndarray:
@@ -179,74 +205,114 @@ def _signatures_of(nodes: np.ndarray, sig_files: list[str]) -> np.ndarray:
 
 
 def verify_partition(
-    p: int, sig_files: list[str], threshold: float, verify: bool, out_dir: str, fingerprint: Any
+    q: int,
+    num_partitions: int,
+    cand_runs: list[str],
+    sig_files: list[str],
+    threshold: float,
+    verify: bool,
+    budget: int,
+    out_dir: str,
+    fingerprint: Any,
 ) -> dict:
+    """Candidate pairs in key range q, each once: the edges whose estimated Jaccard reaches
+    `threshold`, one Parquet file per chunk (at least one, maybe empty)."""
     out = Path(out_dir)
     work = out / "_work" / "minhash"
-    files = sorted((work / "cand" / f"q={p:05d}").glob("from-*.parquet"))
-    t = pa.concat_tables([pq.read_table(f) for f in files]) if files else EDGE_SCHEMA.empty_table()
-    pairs = np.stack([t.column("src").to_numpy(), t.column("dst").to_numpy()], axis=1).reshape(-1, 2)
-    pairs = np.unique(pairs, axis=0)
-    src, dst = pairs[:, 0].copy(), pairs[:, 1].copy()
-    num_candidates = int(len(src))
-    if verify and len(src):
-        est = (_signatures_of(src, sig_files) == _signatures_of(dst, sig_files)).mean(axis=1)
-        keep = est >= threshold
-        src, dst = src[keep], dst[keep]
-    path = work / "edges" / f"p={p:05d}.parquet"
-    write_table(path, pa.table({"src": src, "dst": dst}, schema=EDGE_SCHEMA))
+    runs = RunSet(cand_runs, "key")
+    paths, num_candidates, num_edges = [], 0, 0
+    chunks = list(runs.chunks(*key_range(q, num_partitions), chunk_rows(budget, PAIR_ROW_BYTES))) or [(0, 0)]
+    for c, (lo, hi) in enumerate(chunks):
+        t = runs.read(lo, hi)
+        src = dst = np.empty(0, np.int64)
+        if t is not None:  # the same pair has the same key: it is in this chunk or not at all
+            _, src, dst = _distinct_rows(*(t.column(n).to_numpy() for n in ("key", "src", "dst")))
+        num_candidates += len(src)
+        if verify and len(src):
+            est = (_signatures_of(src, sig_files) == _signatures_of(dst, sig_files)).mean(axis=1)
+            src, dst = src[est >= threshold], dst[est >= threshold]
+        num_edges += len(src)
+        paths.append(_chunk_path(work, "edges", q, c, "parquet"))
+        write_table(paths[-1], pa.table({"src": src, "dst": dst}, schema=EDGE_SCHEMA))
     record = {
-        "partition": p,
+        "partition": q,
         "fingerprint": fingerprint,
         "num_candidates": num_candidates,
-        "num_edges": int(len(src)),
-        "num_dropped": num_candidates - int(len(src)),
+        "num_edges": num_edges,
+        "num_dropped": num_candidates - num_edges,
+        "edge_files": [str(p) for p in paths],
     }
-    return _done(out, work / "edges" / f"p={p:05d}.done.json", record, path)
+    return _done(out, work / "edges" / f"q={q:05d}.done.json", record, *paths)
+
+
+def member_runs(component_file: str, p: int, out_dir: str, fingerprint: Any) -> dict:
+    """One components file (sorted by node) as a run keyed by node, for reads by range of shards."""
+    out = Path(out_dir)
+    work = out / "_work" / "minhash"
+    t = pq.read_table(component_file, columns=["node", "component"])
+    path = work / "members" / f"from-{p:05d}.arrow"
+    run = write_run(path, t, "node")
+    record = {"partition": p, "fingerprint": fingerprint, "num_nodes": run["rows"], "run": str(path)}
+    return _done(out, work / "members" / f"from-{p:05d}.done.json", record, path)
 
 
 def member_partition(
-    component_file: str, p: int, node_files: list[str], num_partitions: int, out_dir: str, fingerprint: Any
+    r: int,
+    first_shard: int,
+    end_shard: int,
+    runs: list[str],
+    node_files: list[str],
+    out_dir: str,
+    fingerprint: Any,
 ) -> dict:
-    """Attach id and score to the clustered nodes of one component file; route rows by component."""
+    """The clustered nodes of shards [first_shard, end_shard) with their id and quality score (each
+    shard's node file read once, here), as a run keyed by a hash of the component."""
     out = Path(out_dir)
     work = out / "_work" / "minhash"
-    t = pq.read_table(component_file)
-    node, comp = t.column("node").to_numpy(), t.column("component").to_numpy()
-    ids = np.empty(len(node), dtype=object)
-    scores = np.zeros(len(node))
+    t = RunSet(runs, "node").read(first_shard << 32, end_shard << 32)
+    node = t.column("node").to_numpy() if t is not None else np.empty(0, np.int64)
+    comp = t.column("component").to_numpy() if t is not None else np.empty(0, np.int64)
+    order = np.argsort(node, kind="stable")
+    node, comp = node[order], comp[order]
+    ids, scores = [], []
     shard = node >> 32
     for s in np.unique(shard):
-        sel = np.flatnonzero(shard == s)
+        a, b = np.searchsorted(shard, [s, s + 1])
         info = pq.read_table(node_files[s], columns=["id", "score"])
-        rows = pa.array(node[sel] & 0xFFFFFFFF)
-        ids[sel] = info.column("id").take(rows).to_numpy(zero_copy_only=False)
-        scores[sel] = info.column("score").take(rows).to_numpy()
-    target = partition_of(comp, num_partitions)
-    paths = []
-    for q in range(num_partitions):
-        sel = target == q
-        paths.append(work / "members" / f"q={q:05d}" / f"from-{p:05d}.parquet")
-        write_table(
-            paths[-1],
-            pa.table(
-                {"component": comp[sel], "node": node[sel], "id": list(ids[sel]), "score": scores[sel]},
-                schema=MEMBER_SCHEMA,
-            ),
-        )
-    record = {"partition": p, "fingerprint": fingerprint, "num_nodes": len(node)}
-    return _done(out, work / "members" / f"from-{p:05d}.done.json", record, *paths)
+        rows = pa.array(node[a:b] & 0xFFFFFFFF)
+        ids.append(info.column("id").take(rows))
+        scores.append(info.column("score").take(rows))
+    table = pa.table(
+        {
+            "key": mix64(comp),
+            "component": comp,
+            "node": node,
+            "id": pa.chunked_array([c for x in ids for c in x.chunks], pa.string()),
+            "score": pa.chunked_array([c for x in scores for c in x.chunks], pa.float64()),
+        }
+    )
+    path = work / "members" / f"r={r:05d}.arrow"
+    run = write_run(path, table, "key")
+    record = {"partition": r, "fingerprint": fingerprint, "num_nodes": run["rows"], "run": str(path)}
+    return _done(out, work / "members" / f"r={r:05d}.done.json", record, path)
 
 
-def survivor_partition(q: int, num_partitions: int, survivor: str, out_dir: str, fingerprint: Any) -> dict:
-    """Per cluster: the survivor is the highest score, then the smallest id; the rest are removed."""
+def survivor_partition(
+    q: int, num_partitions: int, runs: list[str], survivor: str, budget: int, out_dir: str, fingerprint: Any
+) -> dict:
+    """Per cluster in key range q: the survivor is the highest score, then the smallest id; the rest
+    are removed, written as runs keyed by their shard (`unit`)."""
     out = Path(out_dir)
     work = out / "_work" / "minhash"
-    files = [work / "members" / f"q={q:05d}" / f"from-{p:05d}.parquet" for p in range(num_partitions)]
-    t = pa.concat_tables([pq.read_table(f) for f in files])
+    members = RunSet(runs, "key")
     sizes: Counter = Counter()
-    removed = REMOVED_SCHEMA.empty_table()
-    if t.num_rows:
+    paths, num_removed = [], 0
+    for c, (lo, hi) in enumerate(
+        members.chunks(*key_range(q, num_partitions), chunk_rows(budget, MEMBER_ROW_BYTES))
+    ):
+        t = members.read(lo, hi)
+        if t is None:
+            continue
         order = [("component", "ascending")]
         if survivor == "quality_then_id":
             order.append(("score", "descending"))
@@ -272,58 +338,66 @@ def survivor_partition(q: int, num_partitions: int, survivor: str, out_dir: str,
         gone = np.flatnonzero(~start)
         removed = pa.table(
             {
-                "shard": nodes[gone] >> 32,
-                "node": nodes[gone],
+                "unit": (nodes[gone] >> 32).astype(np.uint64),
+                "row": nodes[gone] & 0xFFFFFFFF,
                 "cluster_id": ids.take(pa.array(cluster_rows[gone])),
                 "survivor_id": ids.take(pa.array(first[gone])),
                 "cluster_size": size_of[gone],
-            },
-            schema=REMOVED_SCHEMA,
-        ).sort_by([("shard", "ascending"), ("node", "ascending")])
-    path = work / "removed" / f"q={q:05d}.parquet"
-    write_table(path, removed)
+            }
+        )
+        num_removed += removed.num_rows
+        paths.append(_chunk_path(work, "removed", q, c))
+        write_run(paths[-1], removed, "unit")
     record = {
         "partition": q,
         "fingerprint": fingerprint,
-        "num_removed": removed.num_rows,
+        "num_removed": num_removed,
         "cluster_sizes": {str(k): v for k, v in sorted(sizes.items())},
+        "runs": [str(p) for p in paths],
     }
-    return _done(out, work / "removed" / f"q={q:05d}.done.json", record, path)
+    return _done(out, work / "removed" / f"q={q:05d}.done.json", record, *paths)
+
+
+def list_path(out: Path, name: str) -> Path:
+    """The removal list of one shard: its rows that near-duplicate removal drops."""
+    return out / "_work" / "minhash" / "lists" / f"{name}.parquet"
+
+
+def removal_lists(
+    r: int, first_shard: int, names: list[str], runs: list[str], out_dir: str, fingerprint: Any
+) -> dict:
+    """The removal lists of shards first_shard .. first_shard + len(names) - 1."""
+    out = Path(out_dir)
+    paths = [list_path(out, n) for n in names]
+    num_rows = write_unit_lists(runs, first_shard, paths, LIST_SCHEMA, "row")
+    record = {"partition": r, "fingerprint": fingerprint, "num_removed": num_rows}
+    return _done(out, out / "_work" / "minhash" / "lists" / f"r={r:05d}.done.json", record, *paths)
 
 
 def finalize_shard(
     src_shard: str,
     rel: str,
-    shard_index: int,
-    num_partitions: int,
     batch_rows: int,
     num_examples: int,
     out_dir: str,
     fingerprint: Any,
 ) -> dict:
+    """The shard minus the rows of its removal list: reads the shard and that list, nothing else."""
     t0 = time.perf_counter()
     out = Path(out_dir)
     work = out / "_work" / "minhash"
     name = Path(src_shard).stem
-    gone: dict[int, tuple[str, str, int]] = {}
-    for q in range(num_partitions):
-        r = pq.read_table(work / "removed" / f"q={q:05d}.parquet", filters=[("shard", "=", shard_index)])
-        for node, cid, sid, size in zip(
-            r.column("node").to_pylist(),
-            r.column("cluster_id").to_pylist(),
-            r.column("survivor_id").to_pylist(),
-            r.column("cluster_size").to_pylist(),
-        ):
-            gone[node & 0xFFFFFFFF] = (cid, sid, size)
+    removed = list_path(out, name)
+    r = pq.ParquetFile(removed).read()  # not read_table: its dataset layer costs a first import
     tally = RejectTally(num_examples)
     drop = {
         row: (
             Reject("near_duplicate", sid),
             {"near_dup_cluster": cid, "duplicate_of": sid, "near_dup_cluster_size": size},
         )
-        for row, (cid, sid, size) in gone.items()
+        for row, cid, sid, size in zip(*(r.column(n).to_pylist() for n in LIST_SCHEMA.names))
     }
-    return filter_unit(
+    record = filter_unit(
         name,
         fingerprint,
         t0,
@@ -331,9 +405,12 @@ def finalize_shard(
         out,
         out / "shards" / rel,
         out / "rejects" / f"{name}.parquet",
-        work / "final" / f"{name}.done.json",
+        None,
         "minhash_dedup",
         drop,
         tally,
         batch_rows,
     )
+    record["bytes_read"] = Path(src_shard).stat().st_size + removed.stat().st_size  # each read whole
+    write_json(work / "final" / f"{name}.done.json", record)
+    return record

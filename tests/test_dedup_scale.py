@@ -1,0 +1,272 @@
+"""Shuffles whose cost follows the data: sorted runs, removal lists per shard, partitions derived
+from the input and the memory budget. The kept ids must not depend on any of it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from data_pipeline.corpus.short_docs import sentence_pool, short_docs
+from data_pipeline.groundtruth import read_outputs
+from data_pipeline.shuffle import KEY_SPACE, RunSet, key_range, num_partitions, write_run
+from pretrain.core.shards import DOC_SCHEMA, write_manifest, write_table
+
+NUM_DOCS = 3000
+NUM_SHARDS = 12
+
+
+def test_runs_read_by_range_and_chunk_without_splitting_a_key(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(5):
+        keys = rng.integers(0, 1 << 63, 2000, dtype=np.uint64) * np.uint64(2)
+        keys[:300] = np.uint64(12345)  # one heavy key in every run
+        paths.append(
+            write_run(tmp_path / f"r{i}.arrow", pa.table({"key": keys, "v": np.arange(2000)}), "key")["path"]
+        )
+    runs = RunSet(paths, "key")
+    assert runs.count(0, KEY_SPACE) == 10_000
+    for q_total in (1, 3, 7):
+        pieces = [runs.read(*key_range(q, q_total)) for q in range(q_total)]
+        assert sum(p.num_rows for p in pieces if p is not None) == 10_000
+    chunks = list(runs.chunks(0, KEY_SPACE, max_rows=700))
+    assert len(chunks) > 10
+    total = 0
+    for lo, hi in chunks:
+        t = runs.read(lo, hi)
+        n = t.num_rows if t is not None else 0
+        total += n
+        # counts are estimates from every 31st key of each run: off by at most 31 per run and end
+        assert n <= 700 + 2 * 31 * 5 or (hi - lo == 1 and lo == 12345), (lo, hi, n)  # the heavy key
+        if n:
+            keys = t.column("key").to_numpy()
+            assert keys.min() >= lo and keys.max() < hi
+    assert total == 10_000
+    assert [c for c in chunks if c[0] <= 12345 < c[1]] == [(12345, 12346)]
+
+
+def test_partitions_follow_rows_and_budget():
+    assert num_partitions(0, 100, 1 << 30, None) == 1
+    assert num_partitions(10_000_000, 100, 256 << 20, None) == 8  # 1 GB of rows, half of 256 MiB each
+    assert num_partitions(10_000_000, 100, 1 << 30, None) == 4  # at most 256 MiB each, any budget
+    assert num_partitions(10_000_000, 100, 64 << 30, None) == 4
+    assert num_partitions(100_000_000, 100, 1 << 30, None) == 38  # 10x the rows, 10x the reducers
+    assert num_partitions(100_000_000, 100, 1 << 30, 4) == 4  # the override wins
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """NUM_DOCS short documents with 5% planted copies (exact and one word deleted), in NUM_SHARDS
+    shards of a finished stage directory."""
+    docs = short_docs(NUM_DOCS, seed=3, pool=sentence_pool())
+    order = np.random.default_rng(3).permutation(NUM_DOCS)  # copies spread over the shards
+    inp = tmp_path_factory.mktemp("scale_in")
+    entries = []
+    for s, rows in enumerate(np.array_split(order, NUM_SHARDS)):
+        table = pa.table(
+            {
+                "id": [f"doc{i:05d}" for i in rows],
+                "text": [docs[i] for i in rows],
+                "source": ["s"] * len(rows),
+                "url": pa.nulls(len(rows), pa.string()),
+                "metadata": ["{}"] * len(rows),
+            },
+            schema=DOC_SCHEMA,
+        )
+        entries.append(write_table(inp / "shards" / f"part-{s:05d}.parquet", table))
+    write_manifest(inp, shards=entries)
+    return inp
+
+
+def _minhash(inp, out, *overrides):
+    from data_pipeline.minhash.dedup import load_minhash_config, run_minhash_dedup
+
+    cfg = load_minhash_config(None, [f"input_dir={inp}", f"output_dir={out}", "progress=false", *overrides])
+    stats = run_minhash_dedup(cfg)
+    kept, rejected = read_outputs(out)
+    return (
+        stats,
+        set(kept),
+        {k: (r["detail"], r["metadata"]["near_dup_cluster"]) for k, r in rejected.items()},
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, ray_local, tmp_path_factory):
+    out = tmp_path_factory.mktemp("scale_ref")
+    stats, kept, rejected = _minhash(corpus, out, "keep_work=true")
+    return {"out": out, "stats": stats, "kept": kept, "rejected": rejected}
+
+
+def test_reference_finds_the_planted_copies(reference):
+    assert 0.8 * NUM_DOCS * 0.05 <= len(reference["rejected"]) <= 1.2 * NUM_DOCS * 0.05
+    assert len(reference["kept"]) + len(reference["rejected"]) == NUM_DOCS
+
+
+def test_same_kept_ids_for_any_partitions_budget_and_workers(corpus, reference, tmp_path, monkeypatch):
+    from data_pipeline.minhash import dedup
+
+    # one task at a time, 3 reducers in every shuffle, components on the distributed path
+    stats, kept, rejected = _minhash(
+        corpus,
+        tmp_path / "p3",
+        "ray.max_in_flight=1",
+        "minhash.num_partitions=3",
+        "minhash.union_find_max_edges=0",
+    )
+    assert (kept, rejected) == (reference["kept"], reference["rejected"])
+    assert stats["minhash"]["components_method"] == "ray_star"
+    # a 4 MiB budget: the driver derives many reducers, each task reads its range in small chunks
+    monkeypatch.setattr(dedup, "task_memory_bytes", lambda ray_cfg: 4 << 20)
+    stats, kept, rejected = _minhash(
+        corpus, tmp_path / "small", "keep_work=true", "minhash.partitions.survivors=5"
+    )
+    assert (kept, rejected) == (reference["kept"], reference["rejected"])
+    work = tmp_path / "small" / "_work" / "minhash"
+    assert len(list((work / "cand").glob("q=*.done.json"))) > 1
+    assert len(list((work / "removed").glob("q=*.done.json"))) == 5
+    chunks = [json.loads(p.read_text())["runs"] for p in (work / "cand").glob("q=*.done.json")]
+    assert max(len(c) for c in chunks) > 1, chunks  # ranges read in more than one chunk
+
+
+def test_no_file_fan_out_between_partitions(reference):
+    work = reference["out"] / "_work" / "minhash"
+    num_shards = len(list((work / "sig").glob("*.done.json")))
+    assert len(list((work / "bands").glob("*.arrow"))) == num_shards  # one run per map task
+    assert len(list((work / "lists").glob("*.parquet"))) == num_shards  # one removal list per shard
+    assert not list(work.rglob("from-*/**"))
+
+
+def test_finalize_reads_only_its_shard_and_its_removal_list(corpus, reference, monkeypatch):
+    from data_pipeline.minhash import steps
+
+    out = reference["out"]
+    opened: list[str] = []
+    real_read_table, real_init = pq.read_table, pq.ParquetFile.__init__
+
+    def read_table(source, *args, **kwargs):
+        opened.append(str(source))
+        return real_read_table(source, *args, **kwargs)
+
+    def init(self, source, *args, **kwargs):
+        opened.append(str(source))
+        real_init(self, source, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "read_table", read_table)
+    monkeypatch.setattr(pq.ParquetFile, "__init__", init)
+    shard = corpus / "shards" / "part-00003.parquet"
+    before = json.loads((out / "_work" / "minhash" / "final" / "part-00003.done.json").read_text())
+    rec = steps.finalize_shard(str(shard), "part-00003.parquet", 1024, 3, str(out), before["fingerprint"])
+    removal_list = steps.list_path(out, "part-00003")
+    assert set(opened) == {str(shard), str(removal_list)}, opened
+    assert rec["num_in"] - rec["num_kept"] == pq.read_metadata(removal_list).num_rows > 0
+    assert rec["bytes_read"] <= 1.2 * shard.stat().st_size, (rec["bytes_read"], shard.stat().st_size)
+    assert (rec["num_in"], rec["num_kept"]) == (before["num_in"], before["num_kept"])
+
+
+def test_union_find_runs_in_a_task_not_in_the_driver(ray_local, tmp_path, monkeypatch):
+    from data_pipeline.minhash import components as cc
+
+    files = []
+    for i in range(3):
+        src = np.arange(i * 100, i * 100 + 99)
+        files.append(tmp_path / f"e{i}.parquet")
+        pq.write_table(pa.table({"src": src, "dst": src + 1}), files[-1])
+
+    def not_here(path):
+        raise AssertionError(f"the driver read edge file {path}")
+
+    monkeypatch.setattr(cc, "_read_edge_file", not_here)  # the driver's copy; the task has its own
+    summary = cc.components([str(f) for f in files], str(tmp_path / "work"), 2)
+    assert (summary["method"], summary["num_nodes"], summary["num_components"]) == ("union_find", 300, 3)
+
+
+def test_giant_component_over_the_budget_fails_with_its_figures(ray_local, tmp_path):
+    from data_pipeline.minhash.components import ray_components
+    from pretrain.core.runner import PipelineError
+
+    hub = np.zeros(5000, np.int64)  # one document near-duplicated 5,000 times: a star on node 0
+    pq.write_table(pa.table({"src": hub, "dst": np.arange(1, 5001)}), tmp_path / "e.parquet")
+    with pytest.raises(PipelineError, match=r"would hold [\d,]+ edges.*over the task budget of 0 MiB"):
+        ray_components([str(tmp_path / "e.parquet")], str(tmp_path / "work"), 4, budget_bytes=100_000)
+
+
+@pytest.fixture(scope="module")
+def jsonl_corpus(tmp_path_factory):
+    """The same kind of documents as raw JSONL: 8 files, exact copies across them."""
+    docs = short_docs(NUM_DOCS, seed=4, pool=sentence_pool())
+    order = np.random.default_rng(4).permutation(NUM_DOCS)
+    inp = tmp_path_factory.mktemp("exact_in")
+    for f, rows in enumerate(np.array_split(order, 8)):
+        lines = [json.dumps({"text": docs[i], "source": "s"}) for i in rows]
+        (inp / f"part-{f}.jsonl").write_text("\n".join(lines) + "\n")
+    return inp
+
+
+def _exact(inp, out, *overrides):
+    from data_pipeline.config import STAGE_ORDER, load_pipeline_config
+    from data_pipeline.executor import run_pipeline
+
+    off = [f"{s}.enabled=false" for s in STAGE_ORDER]
+    cfg = load_pipeline_config(
+        None, [f"input.paths=[{inp}]", f"output_dir={out}", "progress=false", *off, *overrides]
+    )
+    stats = run_pipeline(cfg)
+    kept, rejected = read_outputs(out)
+    return stats, set(kept), {k: (r["reason"], r["detail"]) for k, r in rejected.items()}
+
+
+@pytest.fixture(scope="module")
+def exact_reference(jsonl_corpus, ray_local, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exact_ref")
+    stats, kept, rejected = _exact(jsonl_corpus, out, "keep_work=true")
+    return {"out": out, "stats": stats, "kept": kept, "rejected": rejected}
+
+
+def test_exact_dedup_same_kept_ids_for_any_partitions_and_budget(
+    jsonl_corpus, exact_reference, tmp_path, monkeypatch
+):
+    from data_pipeline import executor
+
+    rejected = exact_reference["rejected"]
+    assert len(rejected) == NUM_DOCS * 5 // 100 // 2, len(rejected)  # the exact half of the planted copies
+    assert {r[0] for r in rejected.values()} == {"exact_duplicate"}
+    stats, kept, rej = _exact(
+        jsonl_corpus, tmp_path / "p3", "ray.max_in_flight=1", "exact_dedup.num_partitions=3"
+    )
+    assert (kept, rej) == (exact_reference["kept"], rejected)
+    monkeypatch.setattr(executor, "task_memory_bytes", lambda ray_cfg: 1 << 20)  # many reducers, small chunks
+    stats, kept, rej = _exact(jsonl_corpus, tmp_path / "small", "keep_work=true")
+    assert (kept, rej) == (exact_reference["kept"], rejected)
+    assert len(list((tmp_path / "small" / "_work" / "dups").glob("q=*.done.json"))) > 1
+
+
+def test_exact_finalize_reads_only_its_unit_and_its_list(exact_reference, monkeypatch):
+    from data_pipeline import tasks
+    from data_pipeline.config import load_pipeline_config
+    from data_pipeline.readers import scan_inputs
+
+    out = exact_reference["out"]
+    cfg = load_pipeline_config(out / "config.yaml")
+    unit = next(u for u in scan_inputs(cfg.input).units if u.stem.startswith("part-3"))
+    record = json.loads((out / "_work" / "final" / f"{unit.stem}.done.json").read_text())
+    opened: list[str] = []
+    real_read_table, real_init = pq.read_table, pq.ParquetFile.__init__
+    monkeypatch.setattr(
+        pq, "read_table", lambda src, *a, **k: opened.append(str(src)) or real_read_table(src, *a, **k)
+    )
+    monkeypatch.setattr(
+        pq.ParquetFile,
+        "__init__",
+        lambda self, src, *a, **k: opened.append(str(src)) or real_init(self, src, *a, **k),
+    )
+    rec = tasks.finalize_unit(unit, cfg, out, record["fingerprint"])
+    chain = out / "_work" / "chain" / f"{unit.stem}.parquet"
+    assert set(opened) == {str(chain), str(tasks.dup_list_path(out, unit.stem))}, opened
+    assert rec["bytes_read"] <= 1.2 * chain.stat().st_size
+    assert (rec["num_in"], rec["num_kept"]) == (record["num_in"], record["num_kept"])
+    assert rec["num_kept"] < rec["num_in"]
