@@ -79,6 +79,8 @@ def write_corpus(path: Path, num_docs: int, seed: int) -> int:
 
 
 def step_times(work: Path, steps: dict[str, str], wall0: float, end: float) -> dict[str, float]:
+    """Seconds per step from the newest done record of each (in order), from `wall0`; the rest
+    until `end` is "summary"."""
     times, prev = {}, wall0
     for name, pattern in steps.items():
         mtimes = [p.stat().st_mtime for p in work.glob(pattern)]

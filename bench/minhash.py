@@ -42,6 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.data_scale import step_times  # noqa: E402
 from bench.procs import tree_rss  # noqa: E402
 
 NUM_PERM = 128
@@ -204,13 +205,7 @@ def run_child(input_dir: str, output_dir: str) -> None:
     stats = run_minhash_dedup(cfg)
     dedup_s = time.perf_counter() - t1
     work = Path(output_dir) / "_work" / "minhash"
-    phases, prev = {}, wall0
-    for name, pattern in PHASE_RECORDS.items():
-        mtimes = [p.stat().st_mtime for p in work.glob(pattern)]
-        end = max(mtimes, default=prev)
-        phases[name] = round(end - prev, 2)
-        prev = end
-    phases["summary"] = round(wall0 + dedup_s - prev, 2)
+    phases = step_times(work, PHASE_RECORDS, wall0, wall0 + dedup_s)
     m = stats["minhash"]
     print(
         json.dumps(

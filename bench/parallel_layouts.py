@@ -18,19 +18,16 @@ layout and step), "meta_init_rss_ratio" and "targets" (7+, 1e-5, 1e-5, 0.75), pl
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pretrain.core.config import from_dict  # noqa: E402
-from tests.train_helpers import LAYOUTS, layout_config, layout_rows, write_arith_shards  # noqa: E402
+from tests.train_helpers import LAYOUTS, build_report, layout_config, layout_rows, write_arith_shards  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.train import train  # noqa: E402
 
@@ -53,21 +50,6 @@ def timed_run(shards: Path, run: Path, nproc: int = 1, parallel="none", **top) -
     return time.perf_counter() - t0
 
 
-def meta_init(root: Path) -> dict:
-    config = root / "build_1b.yaml"
-    config.write_text(
-        yaml.safe_dump({
-            "run_dir": str(root / "build_1b"), "model": "1b", "device": "cpu", "nproc": 2, "parallel": "fsdp2",
-            "data": {"sources": {"web": str(root / "unused"), "books": str(root / "unused")}},
-        })
-    )  # fmt: skip
-    res = subprocess.run(
-        [sys.executable, "-m", "trainer", "build", "--config", str(config)],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return json.loads(res.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -86,7 +68,7 @@ def main() -> None:
             per_layout[name] = {"ranks": nproc, "rel_diff_loss": d_loss, "rel_diff_grad_norm": d_norm,
                                 "wall_s": round(wall, 1), "wall_vs_one_process": round(wall / one_s, 2)}  # fmt: skip
             print(f"{name:<28} {nproc:>5} {d_loss:>14.2e} {d_norm:>19.2e} {wall:>7.1f} {wall / one_s:>9.2f}")
-        build = meta_init(root)
+        build = build_report(root)
     gib = 2**30
     print(
         f"meta init, 1B under {build['layout']}: full fp32 model {build['full_fp32_bytes'] / gib:.2f} GiB; per rank "

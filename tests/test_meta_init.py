@@ -3,18 +3,14 @@ ones one process builds."""
 
 from __future__ import annotations
 
-import json
 import resource
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from pretrain.core.config import from_dict
-from tests.train_helpers import tiny_config_dict
+from tests.train_helpers import build_report, tiny_config_dict
 from trainer.config import ParallelConfig, TrainConfig
 from trainer.model import Transformer, preset
 from trainer.parallelize import build_layout, build_model
@@ -54,19 +50,7 @@ def test_8b_on_meta_plans_without_allocating():
 def test_1b_under_fsdp2_on_two_ranks_never_holds_the_whole_model(tmp_path):
     """`python -m trainer build`: the 1B preset (4.3 GB in fp32) on 2 gloo ranks under FSDP2 keeps
     each rank's peak RSS (torch included) below 0.75x of the full model, each holding half."""
-    config = tmp_path / "build.yaml"
-    config.write_text(
-        yaml.safe_dump({
-            "run_dir": str(tmp_path / "run"), "model": "1b", "device": "cpu", "nproc": 2, "parallel": "fsdp2",
-            "data": {"sources": {"web": str(tmp_path / "unused"), "books": str(tmp_path / "unused")}},
-        })
-    )  # fmt: skip
-    res = subprocess.run(
-        [sys.executable, "-m", "trainer", "build", "--config", str(config)],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-3000:]
-    report = json.loads(res.stdout.strip().splitlines()[-1])
+    report = build_report(tmp_path)
     full = report["full_fp32_bytes"]
     assert full > 4.2e9
     assert [r["param_bytes"] for r in report["ranks"]] == [full // 2, full // 2]

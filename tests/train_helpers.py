@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -318,3 +319,24 @@ def layout_config(shards: Path, run_dir: Path, nproc: int = 1, parallel="none", 
 
 def layout_rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def build_report(
+    root: Path, model: str = "1b", nproc: int = 2, parallel: str = "fsdp2", timeout: float = 600
+):
+    """`python -m trainer build` for `model` under `parallel` on `nproc` local ranks (no data is
+    read); returns its JSON report (tests/test_meta_init.py, bench/parallel_layouts.py)."""
+    config = root / f"build_{model}.yaml"
+    config.write_text(
+        yaml.safe_dump({
+            "run_dir": str(root / f"build_{model}"), "model": model, "device": "cpu", "nproc": nproc,
+            "parallel": parallel,
+            "data": {"sources": {"web": str(root / "unused"), "books": str(root / "unused")}},
+        })
+    )  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "trainer", "build", "--config", str(config)],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
