@@ -152,3 +152,18 @@ def test_bad_layout_cli_is_one_line(shards, tmp_path):
     assert res.returncode == 2, res.stderr
     assert "parallel.tp=3 is invalid" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_fp16_loss_scaling_under_pipeline_parallelism(shards, tmp_path):
+    """fp16 under PP 2: the loss scale reaches the pipeline's backward, so the unscaled gradients
+    (and the losses) follow the one-process fp16 run within fp16's tolerance; a missing scale would
+    shrink every update 65,536-fold."""
+    runs = {}
+    for name, nproc, parallel in (("one", 1, "none"), ("pp2", 2, {"dp_shard": 1, "pp": 2})):
+        runs[name] = tmp_path / name
+        train(from_dict(TrainConfig, layout_config(shards, runs[name], nproc, parallel, precision="fp16")))
+    ours, ref = layout_rows(runs["pp2"]), layout_rows(runs["one"])
+    for key in ("loss", "grad_norm"):
+        np.testing.assert_allclose([r[key] for r in ours], [r[key] for r in ref], rtol=2e-3, err_msg=key)
+    assert all(r["loss_scale"] == 2.0**16 for r in ours) and ours[-1]["loss"] < ours[0]["loss"] - 0.5

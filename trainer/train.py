@@ -400,7 +400,9 @@ class Trainer:
         accum, mb = span.grad_accum_steps, span.micro_batch
         tp = layout.size("tp") > 1
         if self.pipe is not None:
-            loss_sum = self.pipe.step(ids, labels, scale, self._pp_microbatches(span))
+            # fp16: the loss scale rides on the token scale (the runner returns unscaled sums)
+            token_scale = self.scaler.scale(scale) if self.scaler is not None else scale
+            loss_sum = self.pipe.step(ids, labels, token_scale, self._pp_microbatches(span))
         else:
             loss_sum = torch.zeros((), device=device)
             per_micro = self.cfg.parallel.grad_sync == "micro"  # else reduce once, after the last
