@@ -49,7 +49,7 @@ EXACT_STEPS = {
 MINHASH_STEPS = {
     "signatures": "minhash/sig/*.done.json",
     "candidates": "minhash/cand/*.done.json",
-    "verify": "minhash/edges/*.done.json",
+    "verify": "minhash/edges/*.done.json",  # both sub-steps: by src shard (vsrc/), then by dst shard
     "components": "minhash/cc-*/**/done.json",
     "members": "minhash/members/from-*.done.json",
     "member_ids": "minhash/members/r=*.done.json",

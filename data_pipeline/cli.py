@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 
 from data_pipeline.config import ALL_STAGES, STAGE_ORDER, load_pipeline_config
@@ -25,6 +24,7 @@ from data_pipeline.quality_classifier import TrainQualityConfig, train_quality_m
 from data_pipeline.readers import InputError, discover_inputs
 from pretrain.core.cli import add_config_args, dispatch
 from pretrain.core.config import dump_yaml, load_config
+from pretrain.core.done import restart
 from pretrain.core.jsonl import read_jsonl, write_jsonl
 from pretrain.core.runner import PipelineError
 
@@ -149,7 +149,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"# stages ({profile}): {' -> '.join(['read', *stages])}{dedup}")
         return 0
     if args.restart:
-        shutil.rmtree(cfg.output_dir, ignore_errors=True)
+        restart(cfg.output_dir)
     try:
         stats = run_pipeline(cfg)
     except PipelineError as e:
@@ -172,7 +172,7 @@ def cmd_minhash(args: argparse.Namespace) -> int:
         print(format_s_curve(bands, rows, mh.num_perm, mh.verify_threshold if mh.verify else None))
         return 0
     if args.restart:
-        shutil.rmtree(cfg.output_dir, ignore_errors=True)
+        restart(cfg.output_dir)
     try:
         stats = run_minhash_dedup(cfg)
     except (PipelineError, InputError) as e:

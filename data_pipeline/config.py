@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data_pipeline.pack import ShardSizeConfig
 from data_pipeline.readers import InputConfig
 from data_pipeline.stages.code_quality import CodeQualityConfig
 from data_pipeline.stages.decontaminate import DecontaminateConfig
@@ -21,7 +22,6 @@ from data_pipeline.stages.quality import QualityConfig
 from data_pipeline.stages.quality_model import QualityModelConfig
 from data_pipeline.stages.toxicity import ToxicityConfig
 from pretrain.core.config import ConfigError, check, deep_merge, from_dict, load_config, to_dict
-from pretrain.core.sections import TaskConfig
 
 # Order of the fused per-document chain; exact dedup runs after it across the whole run.
 # Decontamination reads the text before PII scrubbing rewrites numbers and addresses in it.
@@ -88,8 +88,9 @@ class ExactDedupConfig:
 
 
 @dataclass
-class PipelineConfig(TaskConfig):
-    """The whole chain; `ray`, `batch_rows` and `progress` come from TaskConfig."""
+class PipelineConfig(ShardSizeConfig):
+    """The whole chain; `ray`, `batch_rows`, `progress` and the output shards' size
+    (`target_shard_bytes`, `target_shard_rows`) come from ShardSizeConfig."""
 
     output_dir: str = "runs/data"
     """Stage directory: shards/, rejects/, manifest.json, stats.json, summary.md, config.yaml."""
@@ -116,7 +117,7 @@ class PipelineConfig(TaskConfig):
     """Run only these of the enabled stages in every profile (the one-stage commands such as
     `pretrain data quality` set it); null: all enabled stages."""
     partition_by_language: bool = False
-    """Write shards/lang=xx/<input>.xx.parquet, one file per input and document language
+    """Write the shards into one folder per document language, shards/lang=xx/part-NNNNN.parquet
     (metadata.language; a profile without a language stage uses its own name, e.g. lang=code)."""
     keep_work: bool = False
     """Keep `_work/` (intermediate files and task records) after the run finishes (`--keep-work`);

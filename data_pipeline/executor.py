@@ -6,8 +6,10 @@
 Phases: chain (per input unit: a file, or a part of a large one; small ones grouped into one task,
 see `data_pipeline.units`) -> exact dedup per range of hashes -> duplicate lists per range of units
 (both sized from their input: `data_pipeline.shuffle`) -> finalize (per unit, reading its own
-list) -> manifest, stats, summary. Every task writes its outputs atomically and then a done record; a rerun skips
-tasks whose record matches, so a killed driver or worker loses and duplicates nothing. Output is
+list, into `_work/final/`) -> pack (the units' shards cut into `shards/part-NNNNN.parquet` of about
+`target_shard_bytes`: `data_pipeline.pack`) -> manifest, stats, summary. Every task writes its
+outputs atomically and then a done record; a rerun skips tasks whose record matches, so a killed
+driver or worker loses and duplicates nothing. Output is
 a pure function of input and config: the same for 1 or N workers. A finished run writes the stage
 record `done.json` and removes `_work/` (`keep_work` keeps it); a rerun with the same inputs and
 config then does nothing.
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from data_pipeline.config import PipelineConfig
+from data_pipeline.pack import PackSource, pack_shards
 from data_pipeline.quality_classifier import REPORT_FILE
 from data_pipeline.readers import InputUnit, SkippedFile, format_skipped, scan_inputs, unit_fingerprints
 from data_pipeline.shuffle import DEFAULT_TASK_BUDGET_BYTES, num_partitions, unit_ranges
@@ -44,10 +47,12 @@ from pretrain.core.files import read_json, write_json
 from pretrain.core.progress import Progress
 from pretrain.core.runner import cluster_cpus, ensure_ray, raise_errors, run_tasks, task_memory_bytes
 from pretrain.core.shards import remove_unlisted, write_manifest
+from pretrain.core.storage import stage_path, work_dir
 
 log = logging.getLogger(__name__)
 
 
+FINAL_LAYOUT = 2  # finalize writes its shards into _work/final/ for the pack phase (1: into shards/)
 RUN_ONLY_FIELDS = ("ray", "progress", "output_dir", "keep_work", "input_dir")
 """Config fields that say where and how a stage runs, not what it writes: not in its fingerprint."""
 
@@ -64,7 +69,7 @@ def stage_fingerprint(cfg: Any, units: list[InputUnit], fingerprints: list[dict]
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
-    out = Path(cfg.output_dir)
+    out = stage_path(cfg.output_dir)
     scan = scan_inputs(cfg.input)
     input_fps = unit_fingerprints(scan.units)
     stage_fp = stage_fingerprint(cfg, scan.units, input_fps, chain=cfg.chain_identity())
@@ -112,28 +117,36 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             [(r, a, names[a:b], runs, str(out), dedup_fp) for r, (a, b) in enumerate(ranges)], dedup_fp,
         )  # fmt: skip
 
-    # Phase 3: finalize each unit's shard.
-    fps = [config_hash([dedup_fp, chain[n]["fingerprint"], cfg.partition_by_language]) for n in names]
+    # Phase 3: finalize each unit's shard (into _work/final/).
+    fps = [
+        config_hash([dedup_fp, chain[n]["fingerprint"], cfg.partition_by_language, FINAL_LAYOUT])
+        for n in names
+    ]
     final = _run_units(cfg, out, "finalize", "final", finalize_units, units, fps, progress)
+
+    # Phase 4: the units' shards packed into shards/part-NNNNN.parquet of about target_shard_bytes.
+    sources = [
+        PackSource(
+            str(work_dir(out) / "final" / e["path"]),
+            e["rows"],
+            e["arrow_bytes"],
+            e["sha256"],
+            e["path"].rpartition("/")[0],  # lang=xx with partition_by_language
+            {"unit": u.stem, "input": u.relpath} | ({} if u.part is None else {"input_part": unit_range(u)}),
+        )
+        for u in units
+        for e in final[u.stem]["shards"]
+    ]
+    parts = pack_shards(sources, cfg, out, out / "shards", work_dir(out) / "pack", progress)
     progress.stop()
 
-    _remove_stale(out, names, {e["path"] for n in names for e in final[n]["shards"]})
-    stats = _aggregate(cfg, units, scan.skipped, chain, final, time.perf_counter() - t_start)
+    _remove_stale(out, names, {e["path"] for e in parts})
+    stats = _aggregate(cfg, units, scan.skipped, chain, final, len(parts), time.perf_counter() - t_start)
     write_json(out / "stats.json", stats)
     write_manifest(
         out,
         config_hash=chain_id,
-        shards=[
-            {
-                **entry,
-                "input": u.relpath,
-                "input_fingerprint": chain[u.stem]["fingerprint"]["input"],
-                **({} if u.part is None else {"input_part": unit_range(u)}),
-                "config_hash": chain_id,
-            }
-            for u in units
-            for entry in final[u.stem]["shards"]
-        ],
+        shards=[entry | {"config_hash": chain_id} for entry in parts],
         rejects=[chain[u.stem]["rejects"] for u in units] + [final[u.stem]["rejects"] for u in units],
     )
     write_summary(out, stats, print_table=cfg.progress)
@@ -156,7 +169,7 @@ def _run_units(
     is small, so every CPU gets several); returns every unit's record, by stem. Progress counts
     input bytes."""
     done = load_done_many(
-        out, [(out / "_work" / step_dir / f"{u.stem}.done.json", fp) for u, fp in zip(units, fingerprints)]
+        out, [(work_dir(out) / step_dir / f"{u.stem}.done.json", fp) for u, fp in zip(units, fingerprints)]
     )
     records = {u.stem: rec for u, rec in zip(units, done) if rec is not None}
     pending = [(u, fp) for u, fp, rec in zip(units, fingerprints, done) if rec is None]
@@ -202,7 +215,7 @@ def _run_reducers(
     """One reducer task per job (its first argument is its index) whose done record
     (`_work/<step_dir>/q=NNNNN.done.json`) is missing or stale; returns every job's record, in order."""
     done = load_done_many(
-        out, [(out / "_work" / step_dir / f"q={job[0]:05d}.done.json", fingerprint) for job in jobs]
+        out, [(work_dir(out) / step_dir / f"q={job[0]:05d}.done.json", fingerprint) for job in jobs]
     )
     todo = [(str(job[0]), job) for job, rec in zip(jobs, done) if rec is None]
     progress.start(phase, total=len(jobs), done=len(jobs) - len(todo))
@@ -217,7 +230,7 @@ def _remove_stale(out: Path, names: list[str], shards: set[str]) -> None:
     keep = {f"shards/{s}" for s in shards}
     keep |= {f"rejects/{n}{suffix}.parquet" for n in names for suffix in ("", ".exact_dedup")}
     remove_unlisted(out, keep)
-    for f in (out / "_work").rglob(".*.tmp"):
+    for f in work_dir(out).rglob(".*.tmp"):
         f.unlink()
 
 
@@ -227,6 +240,7 @@ def _aggregate(
     skipped: list[SkippedFile],
     chain: dict,
     final: dict,
+    num_shards: int,
     seconds: float,
 ) -> dict:
     stages: dict[str, dict] = {}
@@ -274,7 +288,7 @@ def _aggregate(
         "pii": dict(sorted(pii.items())),
         "rejected_by_language": {s: dict(sorted(by_language[s].items())) for s in order if by_language[s]},
         "examples": dict(sorted(examples.items())),
-        "num_shards": sum(len(final[u.stem]["shards"]) for u in units),
+        "num_shards": num_shards,
         "source_profiles": dict(cfg.source_profiles),
         "skipped_files": [{"path": f.path, "reason": f.reason} for f in skipped],
         "seconds": round(seconds, 3),

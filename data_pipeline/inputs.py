@@ -1,6 +1,6 @@
 """Every data stage takes the same inputs: stage directories, files, folders and globs.
 
-    stage = stage_dir_of_inputs(InputConfig(paths=["raw/web.jsonl"]), out / "_work" / "input", ray)
+    stage = stage_dir_of_inputs(InputConfig(paths=["raw/web.jsonl"]), work_dir(out) / "input", ray)
     shards = list_shards(stage)                    # the given stage directory, or the raw input read
     entries = carry_read_rejects(stage, out)       # then: the read step's rejects, kept in out/rejects/read/
 
@@ -21,6 +21,7 @@ from data_pipeline.readers import InputConfig, InputError, InputScan, scan_input
 from pretrain.core.config import from_dict, to_dict
 from pretrain.core.files import atomic_path, read_json
 from pretrain.core.runner import RayConfig
+from pretrain.core.storage import exists, is_dir, stage_path
 
 
 def stage_dir_of_inputs(
@@ -32,19 +33,20 @@ def stage_dir_of_inputs(
 ) -> Path:
     """A stage directory holding the documents of `input_cfg`: the one given, when the input is a
     single stage directory; else the inputs read into `work_dir` by the data pipeline with every
-    stage off (the `read` step: ids, sources and rejects as `pretrain data run` gives them; resumable).
+    stage off (the `read` step: ids, sources and rejects as `pretrain data run` gives them; resumable;
+    its shards packed to `input.unit_bytes` each, the size of a work unit).
     An input that is missing or not readable raises InputError naming it (via `scan_inputs`), and
     so does a stage directory without its manifest (an unfinished stage is not read as raw files)."""
     for spec in input_cfg.paths:
-        d = Path(spec)
-        if (d / "shards").is_dir() and not (d / "manifest.json").exists():  # a stage killed midway
+        d = stage_path(spec)
+        if is_dir(d / "shards") and not exists(d / "manifest.json"):  # a stage killed midway
             raise InputError(
                 f"input {spec} has shards/ but no manifest.json: an unfinished stage directory (rerun "
                 "the stage that writes it), or name its files to read them as raw input"
             )
     scan = scan or scan_inputs(input_cfg)
     if len(input_cfg.paths) == 1 and all(u.format == "shards" for u in scan.units):
-        return Path(input_cfg.paths[0])
+        return stage_path(input_cfg.paths[0])
     read_only = {
         "output_dir": str(work_dir),
         "input": to_dict(input_cfg),
@@ -53,6 +55,8 @@ def stage_dir_of_inputs(
         **{name: {"enabled": False} for name in STAGE_ORDER},
         "exact_dedup": {"enabled": False},
         "only_stages": [],
+        # shards of one work unit's size: the next stage's tasks, not a million tiny files
+        "target_shard_bytes": input_cfg.unit_bytes,
     }
     run_pipeline(from_dict(PipelineConfig, read_only))
     return work_dir

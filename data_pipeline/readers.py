@@ -26,13 +26,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import pyarrow.parquet as pq
-
 from data_pipeline.document import Doc, Reject
 from pretrain.core.config import check
 from pretrain.core.files import io_map
 from pretrain.core.hashing import file_fingerprint
-from pretrain.core.shards import list_shards, shard_relpath
+from pretrain.core.shards import list_shards, parquet_file, shard_relpath
+from pretrain.core.storage import (
+    exists,
+    find_files,
+    glob_files,
+    is_dir,
+    is_file,
+    is_remote,
+    open_binary,
+    stage_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +157,13 @@ def _safe_name(relpath: str) -> str:
     return relpath.replace(os.sep, "__").replace("/", "__").replace(":", "_")
 
 
-def _glob_root(spec: str) -> Path:
+def _glob_root(spec: str):
     """The folder part of a glob before its first wildcard: ids are relative to it."""
+    if is_remote(spec):
+        head, rest = spec.split("://", 1)
+        parts = rest.split("/")
+        i = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+        return stage_path(f"{head}://{'/'.join(parts[:i])}")
     parts = Path(spec).parts
     for i, part in enumerate(parts):
         if glob.has_magic(part):
@@ -158,11 +171,11 @@ def _glob_root(spec: str) -> Path:
     return Path(spec).parent
 
 
-def _skip_reason(path: Path) -> str:
+def _skip_reason(path) -> str:
     if path.name.startswith("."):
         return "hidden file"
     try:
-        with open(path, "rb") as f:
+        with open_binary(path) as f:
             head = f.read(SNIFF_BYTES)
     except OSError as e:
         return f"unreadable ({e.strerror})"
@@ -188,15 +201,15 @@ def scan_inputs(cfg: InputConfig) -> InputScan:
     units: dict[str, InputUnit] = {}
     skipped: dict[str, SkippedFile] = {}
     for spec in cfg.paths:
-        spec_path = Path(spec)
-        if spec_path.is_dir() and (spec_path / "manifest.json").exists() and (spec_path / "shards").is_dir():
+        spec_path = stage_path(spec)
+        if is_dir(spec_path) and exists(spec_path / "manifest.json") and is_dir(spec_path / "shards"):
             for shard in list_shards(spec_path):
                 rel = f"shards/{shard_relpath(spec_path, shard)}"
                 units[str(shard)] = InputUnit(str(shard), rel, "shards", _safe_name(shard.stem))
             continue
-        if spec_path.is_dir():
-            root, files = spec_path, [p for p in spec_path.rglob("*") if p.is_file()]
-        elif spec_path.is_file():
+        if is_dir(spec_path):
+            root, files = spec_path, find_files(spec_path)
+        elif is_file(spec_path):
             if (cfg.format if cfg.format != "auto" else _format_of(spec)) is None:
                 # a file named on its own is an error, not skipped like one found in a folder
                 raise InputError(f"input file {spec} cannot be read: {_skip_reason(spec_path)}")
@@ -204,12 +217,12 @@ def scan_inputs(cfg: InputConfig) -> InputScan:
         elif not glob.has_magic(spec):
             raise InputError(f"input path {spec} does not exist")
         else:
-            files = [Path(m) for m in glob.glob(spec, recursive=True) if Path(m).is_file()]
+            files = glob_files(spec)
             if not files:
                 raise InputError(f"input glob {spec} matches no file")
             root = _glob_root(spec)
-        text_dirs: set[Path] = set()
-        for f in sorted(files):
+        text_dirs: set = set()
+        for f in sorted(files, key=str):
             fmt = cfg.format if cfg.format != "auto" else _format_of(str(f))
             if fmt is None or f.name.startswith("."):
                 skipped[str(f)] = SkippedFile(str(f), _skip_reason(f))
@@ -219,7 +232,7 @@ def scan_inputs(cfg: InputConfig) -> InputScan:
                 continue
             rel = f.relative_to(root).as_posix()
             units[str(f)] = InputUnit(str(f), rel, fmt, _safe_name(rel))
-        for d in sorted(text_dirs):
+        for d in sorted(text_dirs, key=str):
             rel = d.relative_to(root).as_posix()
             rel = d.name if rel == "." else rel
             units[str(d) + "/"] = InputUnit(str(d), rel, "text", _safe_name(rel) + "__txt")
@@ -240,8 +253,12 @@ def unit_fingerprint(unit: InputUnit) -> dict:
     sha256), or for a folder of .txt files the name and fingerprint of each."""
     if unit.format != "text":
         return file_fingerprint(unit.path)
-    files = sorted(Path(unit.path).glob("*.txt"))
-    return {"files": [[f.name, *file_fingerprint(f).values()] for f in files]}
+    return {"files": [[f.name, *file_fingerprint(f).values()] for f in _text_files(unit.path)]}
+
+
+def _text_files(folder: str) -> list:
+    """The .txt files directly in `folder` (a text unit), sorted by name."""
+    return sorted(glob_files(str(folder).rstrip("/") + "/*.txt"), key=lambda f: f.name)
 
 
 def unit_fingerprints(units: list[InputUnit]) -> list[dict]:
@@ -314,14 +331,14 @@ class _RecordConverter:
 
 def _open_binary(path: str) -> io.BufferedIOBase:
     if path.endswith(".gz"):
-        return gzip.open(path, "rb")
+        return gzip.open(open_binary(path), "rb")
     if path.endswith(".zst"):
         import zstandard  # [data] extra, needed only for .zst inputs
 
         return zstandard.ZstdDecompressor().stream_reader(
-            open(path, "rb"), closefd=True, read_across_frames=True
+            open_binary(path), closefd=True, read_across_frames=True
         )
-    return open(path, "rb")
+    return open_binary(path)
 
 
 def read_jsonl_docs(unit: InputUnit, cfg: InputConfig) -> Iterator[tuple[Doc, Reject | None]]:
@@ -370,7 +387,7 @@ def read_parquet(
     unit: InputUnit, cfg: InputConfig, batch_rows: int = 1024
 ) -> Iterator[tuple[Doc, Reject | None]]:
     try:
-        pf = pq.ParquetFile(unit.path)
+        pf = parquet_file(unit.path)
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
         raise InputError(f"cannot read {unit.path}: {e}") from None
     names = pf.schema_arrow.names
@@ -400,7 +417,7 @@ def read_parquet(
 
 def read_text_dir(unit: InputUnit, cfg: InputConfig) -> Iterator[tuple[Doc, Reject | None]]:
     source = cfg.source or Path(unit.relpath).parts[0]
-    for path in sorted(Path(unit.path).glob("*.txt")):
+    for path in _text_files(unit.path):
         doc_id = f"{unit.relpath}/{path.name}"
         data = path.read_bytes()
         meta = {"source_id": path.stem}
@@ -420,7 +437,7 @@ def read_warc(unit: InputUnit, cfg: InputConfig) -> Iterator[tuple[Doc, Reject |
     source = cfg.source or _default_source(unit.relpath)
     k = 0
     try:
-        with open(unit.path, "rb") as f:
+        with open_binary(unit.path) as f:
             for record in ArchiveIterator(f):
                 if record.rec_type != "response":
                     continue
@@ -454,7 +471,7 @@ def read_warc(unit: InputUnit, cfg: InputConfig) -> Iterator[tuple[Doc, Reject |
 def read_unit(
     unit: InputUnit, cfg: InputConfig, batch_rows: int = 1024
 ) -> Iterator[tuple[Doc, Reject | None]]:
-    if not os.path.exists(unit.path):
+    if not exists(unit.path):
         raise InputError(f"input {unit.path} does not exist")
     if unit.format == "jsonl":
         return read_jsonl_docs(unit, cfg)

@@ -6,12 +6,13 @@
 Within each source the documents are ranked by sha256(seed, id); the first
 max(min_per_source, round(fraction * n)) are held out (never all of them: at least one stays for
 training). The choice depends only on the ids, the seed and the counts, so it is the same for any
-shard layout or worker count. Each input shard gives one output shard of the same name on each
-side (possibly empty), and stats.json accounts for every document: in = train + heldout.
+shard layout or worker count. Each side's documents are packed into shards of about
+`target_shard_bytes` (`data_pipeline.pack`, on Ray), in input order, keeping language folders:
+OUT/train/shards/part-NNNNN.parquet. stats.json accounts for every document: in = train + heldout.
 The input is what every data stage takes: a stage directory, or files, folders and globs of raw
 documents, which are first read into OUT/_work/input by the pipeline's `read` step (on Ray; the
-work is removed after the split). On a stage directory the split is pyarrow only: it reads ids,
-then rewrites shards, both cheap next to the filters.
+work is removed after the split). It reads ids, then rewrites the shards per side into `_work/`,
+then packs them, all cheap next to the filters.
 """
 
 from __future__ import annotations
@@ -25,18 +26,28 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_pipeline.inputs import carry_read_rejects, stage_dir_of_inputs
+from data_pipeline.pack import (
+    DEFAULT_TARGET_SHARD_BYTES,
+    PackSource,
+    ShardSizeConfig,
+    arrow_bytes,
+    pack_shards,
+)
 from data_pipeline.readers import InputConfig
-from pretrain.core.done import WORK_DIR, remove_work
+from pretrain.core.done import remove_work
 from pretrain.core.files import read_json, write_json
+from pretrain.core.progress import Progress
 from pretrain.core.runner import RayConfig
 from pretrain.core.shards import (
     DOC_SCHEMA,
     list_shards,
     read_table,
+    remove_unlisted,
     shard_relpath,
     write_manifest,
     write_table,
 )
+from pretrain.core.storage import stage_path, work_dir
 
 
 def _rank_key(seed: int, doc_id: str) -> bytes:
@@ -64,23 +75,34 @@ def split_heldout(
     min_per_source: int,
     seed: int,
     ray: RayConfig | None = None,
+    target_shard_bytes: int = DEFAULT_TARGET_SHARD_BYTES,
+    target_shard_rows: int | None = None,
 ) -> dict[str, Any]:
     """Write output_dir/train and output_dir/heldout stage directories; return the stats.
-    `inputs`: a stage directory, or raw files, folders and globs (read on `ray` first)."""
-    out = Path(output_dir)
+    `inputs`: a stage directory, or raw files, folders and globs (read on `ray` first); the shards
+    of each side are packed to `target_shard_bytes` / `target_shard_rows` (on `ray`)."""
+    out = stage_path(output_dir)
     paths = [str(p) for p in inputs] if isinstance(inputs, list) else [str(inputs)]
-    read_dir = out / WORK_DIR / "input"
-    inp = stage_dir_of_inputs(InputConfig(paths=paths), read_dir, ray or RayConfig())
-    stats = _split(inp, out, heldout_fraction, min_per_source, seed)
+    read_dir = work_dir(out) / "input"
+    pack = ShardSizeConfig(
+        ray=ray or RayConfig(),
+        progress=False,
+        target_shard_bytes=target_shard_bytes,
+        target_shard_rows=target_shard_rows,
+    )
+    inp = stage_dir_of_inputs(InputConfig(paths=paths), read_dir, pack.ray)
+    stats = _split(inp, out, heldout_fraction, min_per_source, seed, pack)
     if inp == read_dir:  # raw inputs: what the read step rejected is kept and counted
         read = read_json(read_dir / "stats.json")
         stats["read"] = read["stages"]["read"] | {"rejects": carry_read_rejects(read_dir, out)}
         write_json(out / "stats.json", stats)
-        remove_work(out)
+    remove_work(out)
     return stats
 
 
-def _split(inp: Path, out: Path, heldout_fraction: float, min_per_source: int, seed: int) -> dict[str, Any]:
+def _split(
+    inp: Path, out: Path, heldout_fraction: float, min_per_source: int, seed: int, pack: ShardSizeConfig
+) -> dict[str, Any]:
     shards = list_shards(inp)
     if not shards:
         raise FileNotFoundError(f"no document shards under {inp}/shards")
@@ -95,15 +117,20 @@ def _split(inp: Path, out: Path, heldout_fraction: float, min_per_source: int, s
     held = heldout_ids(ids_by_source, heldout_fraction, min_per_source, seed)
     held_arr = pa.array(sorted(held), pa.string())
 
-    entries: dict[str, list[dict]] = {"train": [], "heldout": []}
+    sources: dict[str, list[PackSource]] = {"train": [], "heldout": []}
     counts: dict[str, Counter] = {"in": Counter(), "train": Counter(), "heldout": Counter()}
     for path in shards:
         table = read_table(path).select(DOC_SCHEMA.names).cast(DOC_SCHEMA)
         mask = pc.is_in(table["id"], value_set=held_arr)
         for side, part in (("heldout", table.filter(mask)), ("train", table.filter(pc.invert(mask)))):
             rel = shard_relpath(inp, path)  # keeps language folders (lang=xx/)
-            entry = write_table(out / side / "shards" / rel, part, DOC_SCHEMA)
-            entries[side].append({**entry, "path": rel, "input": rel})
+            piece = work_dir(out) / "split" / side / rel
+            entry = write_table(piece, part, DOC_SCHEMA)
+            folder = rel.rpartition("/")[0]
+            about = {"input": rel}
+            sources[side].append(
+                PackSource(str(piece), entry["rows"], arrow_bytes(part), entry["sha256"], folder, about)
+            )
             counts[side].update(part["source"].to_pylist())
         counts["in"].update(table["source"].to_pylist())
     stats = {
@@ -119,7 +146,10 @@ def _split(inp: Path, out: Path, heldout_fraction: float, min_per_source: int, s
     }
     assert stats["num_in"] == stats["num_train"] + stats["num_heldout"], stats
     for side in ("train", "heldout"):
+        work = work_dir(out) / "pack" / side
+        entries = pack_shards(sources[side], pack, out, out / side / "shards", work, Progress(enabled=False))
+        remove_unlisted(out / side, {f"shards/{e['path']}" for e in entries}, kinds=("shards",))
         write_json(out / side / "stats.json", stats)
-        write_manifest(out / side, split=side, shards=entries[side])
+        write_manifest(out / side, split=side, shards=entries)
     write_json(out / "stats.json", stats)
     return stats

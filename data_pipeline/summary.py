@@ -12,6 +12,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from pretrain.core.files import write_text
+from pretrain.core.storage import stage_path
+
 
 def summary_markdown(stats: dict[str, Any]) -> str:
     lines = [
@@ -81,8 +84,8 @@ def print_summary(stats: dict[str, Any]) -> None:
 
 
 def write_summary(out_dir: str | Path, stats: dict[str, Any], print_table: bool = True) -> Path:
-    path = Path(out_dir) / "summary.md"
-    path.write_text(summary_markdown(stats))
+    path = stage_path(out_dir) / "summary.md"
+    write_text(path, summary_markdown(stats))
     if print_table:
         print_summary(stats)
     return path

@@ -7,7 +7,7 @@ one run `_work/hashes/<unit>.arrow` (see `data_pipeline.shuffle`). Phase 2 `dedu
 within one range of hashes, mark every doc whose text hash was seen earlier (by input order) as a
 duplicate of the first; `dup_lists(r)` then routes them to the unit that holds them, one small
 file per unit. Phase 3 `finalize_units(units)`: drop each unit's duplicates (reading its shard and
-its own list, nothing else) and write `shards/`.
+its own list, nothing else) and write `_work/final/`, which `data_pipeline.pack` cuts into `shards/`.
 Each unit ends with a `.done.json` record (a part's holds its range); a rerun, or the retry of a
 group whose worker died, skips the units whose record matches.
 """
@@ -29,13 +29,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_pipeline.document import Doc, Reject
+from data_pipeline.pack import arrow_bytes
 from data_pipeline.readers import InputError, InputUnit, read_unit
 from data_pipeline.shuffle import RunSet, chunk_rows, key_range, write_run, write_unit_lists
 from pretrain.core.config import config_hash
 from pretrain.core.done import load_done, output_fingerprints
 from pretrain.core.files import write_json
 from pretrain.core.runner import maybe_crash
-from pretrain.core.shards import DOC_SCHEMA, REJECT_SCHEMA, ShardWriter
+from pretrain.core.shards import DOC_SCHEMA, REJECT_SCHEMA, ShardWriter, parquet_file
+from pretrain.core.storage import stage_path, work_dir
 
 CHAIN_SCHEMA = pa.schema(list(DOC_SCHEMA) + [pa.field("_ord", pa.int64(), nullable=False)])
 HASH_SCHEMA = pa.schema(
@@ -112,12 +114,12 @@ def hash_table(rows: list[tuple[bytes, int, str]], unit: str) -> pa.Table:
 
 
 def hash_run_path(out: Path, unit: str) -> Path:
-    return out / "_work" / "hashes" / f"{unit}.arrow"
+    return work_dir(out) / "hashes" / f"{unit}.arrow"
 
 
 def dup_list_path(out: Path, unit: str) -> Path:
     """The exact duplicates of one unit: its rows that exact dedup drops, and their survivors."""
-    return out / "_work" / "dup_lists" / f"{unit}.parquet"
+    return work_dir(out) / "dup_lists" / f"{unit}.parquet"
 
 
 def doc_language(metadata: dict) -> str:
@@ -179,11 +181,11 @@ def run_group(
     (`_work/<step_dir>/<stem>.done.json`) is missing or stale. A unit that cannot be read does not stop
     the others: the group fails after them, naming every such file. Returns {"units": {stem:
     record}, "num_in": documents read}."""
-    out = Path(out_dir)
+    out = stage_path(out_dir)
     records: dict[str, dict] = {}
     bad: list[str] = []
     for unit, fp in zip(units, fingerprints):
-        done = out / "_work" / step_dir / f"{unit.stem}.done.json"
+        done = work_dir(out) / step_dir / f"{unit.stem}.done.json"
         if (rec := load_done(out, done, fp)) is None:
             try:
                 rec = step(unit, cfg, out, fp)
@@ -212,7 +214,7 @@ def chain_unit(unit: InputUnit, cfg, out: Path, fingerprint: dict) -> dict[str, 
     tally = RejectTally(cfg.num_example_rejects)
     hashes: list[tuple] = []
     num_in = num_kept = 0
-    chain_w = ShardWriter(out / "_work" / "chain" / f"{unit.stem}.parquet", CHAIN_SCHEMA)
+    chain_w = ShardWriter(work_dir(out) / "chain" / f"{unit.stem}.parquet", CHAIN_SCHEMA)
     rej_w = ShardWriter(out / "rejects" / f"{unit.stem}.parquet", REJECT_SCHEMA)
     try:
         batch: list[tuple[int, Doc]] = []
@@ -285,7 +287,7 @@ def chain_unit(unit: InputUnit, cfg, out: Path, fingerprint: dict) -> dict[str, 
         "outputs": output_fingerprints(out, chain_w.path, rej_w.path, *hash_paths),
         **tally.as_dict(),
     }
-    write_json(out / "_work" / "chain" / f"{unit.stem}.done.json", record)
+    write_json(work_dir(out) / "chain" / f"{unit.stem}.done.json", record)
     return record
 
 
@@ -294,7 +296,7 @@ def dedup_partition(
 ) -> dict[str, Any]:
     """Within hash key range q, the first doc (by input order, then row) of each hash survives. The
     others go to runs keyed by their unit's index, for `dup_lists`."""
-    out = Path(out_dir)
+    out = stage_path(out_dir)
     runs = RunSet([str(hash_run_path(out, n)) for n in unit_names], "key")
     order = {n: i for i, n in enumerate(unit_names)}
     paths, num_rows, num_dups = [], 0, 0
@@ -326,7 +328,7 @@ def dedup_partition(
             }
         )
         num_dups += dups.num_rows
-        paths.append(out / "_work" / "dups" / f"q={q:05d}.c{c:04d}.arrow")
+        paths.append(work_dir(out) / "dups" / f"q={q:05d}.c{c:04d}.arrow")
         write_run(paths[-1], dups, "unit")
     record = {
         "partition": q,
@@ -336,7 +338,7 @@ def dedup_partition(
         "runs": [str(p) for p in paths],
         "outputs": output_fingerprints(out, *paths),
     }
-    write_json(out / "_work" / "dups" / f"q={q:05d}.done.json", record)
+    write_json(work_dir(out) / "dups" / f"q={q:05d}.done.json", record)
     return record
 
 
@@ -344,12 +346,12 @@ def dup_lists(
     r: int, first: int, unit_names: list[str], runs: list[str], out_dir: str, fingerprint: str
 ) -> dict:
     """The duplicate lists of units first .. first + len(unit_names) - 1, one file each."""
-    out = Path(out_dir)
+    out = stage_path(out_dir)
     paths = [dup_list_path(out, n) for n in unit_names]
     num_rows = write_unit_lists(runs, first, paths, DUP_LIST_SCHEMA, "ord")
     record = {"partition": r, "fingerprint": fingerprint, "num_dups": num_rows}
     record["outputs"] = output_fingerprints(out, *paths)
-    write_json(out / "_work" / "dup_lists" / f"q={r:05d}.done.json", record)
+    write_json(work_dir(out) / "dup_lists" / f"q={r:05d}.done.json", record)
     return record
 
 
@@ -365,19 +367,22 @@ def filter_shard(
 ) -> tuple[dict, dict, int]:
     """Copy the document shard `src` to `shard_path` minus the rows in `drop` (keyed by `key_column`,
     or by row number when None), which go to `reject_path` as rejects of `stage` with their Reject
-    and metadata additions. Returns (shard entry, reject entry, rows read)."""
+    and metadata additions. Returns (shard entry, reject entry, rows read); the shard entry also
+    holds the kept rows' `arrow_bytes` (what `data_pipeline.pack` sizes parts by)."""
     shard_w = ShardWriter(shard_path, DOC_SCHEMA)
     rej_w = ShardWriter(reject_path, REJECT_SCHEMA)
-    num_in = 0
+    num_in = size = 0
     try:
-        for batch in pq.ParquetFile(src).iter_batches(batch_size=batch_rows):
+        for batch in parquet_file(src).iter_batches(batch_size=batch_rows):
             table = pa.Table.from_batches([batch])
             keys = (
                 table.column(key_column).to_pylist() if key_column else range(num_in, num_in + table.num_rows)
             )
             is_gone = np.fromiter((k in drop for k in keys), dtype=bool, count=table.num_rows)
             kept = table.filter(pa.array(~is_gone))
-            shard_w.write_table(kept.drop_columns([key_column]) if key_column else kept)
+            kept = kept.drop_columns([key_column]) if key_column else kept
+            shard_w.write_table(kept)
+            size += arrow_bytes(kept)
             rej_rows = []
             for i in np.flatnonzero(is_gone):
                 row = table.slice(int(i), 1).to_pylist()[0]
@@ -387,7 +392,7 @@ def filter_shard(
                 rej_rows.append(tally.reject(stage, doc, rej))
             rej_w.write_rows(rej_rows)
             num_in += table.num_rows
-        return shard_w.close(), rej_w.close(), num_in
+        return shard_w.close() | {"arrow_bytes": size}, rej_w.close(), num_in
     except BaseException:
         shard_w.abort()
         rej_w.abort()
@@ -443,12 +448,13 @@ def unit_range(unit: InputUnit) -> dict[str, int]:
 
 
 def finalize_unit(unit: InputUnit, cfg, out: Path, fingerprint: str) -> dict[str, Any]:
-    """Write shards/<unit>.parquet: the chain output minus exact duplicates (rejected with survivor);
-    with `partition_by_language`, shards/lang=xx/<unit>.xx.parquet, one per language present."""
+    """Write _work/final/<unit>.parquet: the chain output minus exact duplicates (rejected with
+    survivor); with `partition_by_language`, _work/final/lang=xx/<unit>.xx.parquet, one per language
+    present. The pack phase (`data_pipeline.pack`) then cuts them into shards/ of a target size."""
     t0 = time.perf_counter()
     unit_name = unit.stem
     dup_of: dict[int, str] = {}
-    bytes_read = (out / "_work" / "chain" / f"{unit_name}.parquet").stat().st_size
+    bytes_read = (work_dir(out) / "chain" / f"{unit_name}.parquet").stat().st_size
     if cfg.exact_dedup.enabled:  # its own list only: dup_lists routed every unit's rows to it
         t = pq.ParquetFile(dup_list_path(out, unit_name)).read()
         bytes_read += dup_list_path(out, unit_name).stat().st_size
@@ -456,14 +462,14 @@ def finalize_unit(unit: InputUnit, cfg, out: Path, fingerprint: str) -> dict[str
     tally = RejectTally(cfg.num_example_rejects)
     drop = {o: (Reject("exact_duplicate", sid), {"duplicate_of": sid}) for o, sid in dup_of.items()}
     partition = cfg.partition_by_language
-    shard_path = out / ("_work/final" if partition else "shards") / f"{unit_name}.parquet"
+    shard_path = work_dir(out) / "final" / f"{unit_name}.parquet"
     reject_path = out / "rejects" / f"{unit_name}.exact_dedup.parquet"
-    done_path = out / "_work" / "final" / f"{unit_name}.done.json"
+    done_path = work_dir(out) / "final" / f"{unit_name}.done.json"
     record = filter_unit(
         unit_name,
         fingerprint,
         t0,
-        out / "_work" / "chain" / f"{unit_name}.parquet",
+        work_dir(out) / "chain" / f"{unit_name}.parquet",
         out,
         shard_path,
         reject_path,
@@ -478,7 +484,7 @@ def finalize_unit(unit: InputUnit, cfg, out: Path, fingerprint: str) -> dict[str
     entry = record.pop("shard")
     record["bytes_read"] = bytes_read  # each file read whole
     if partition:
-        record["shards"], paths = split_by_language(shard_path, out / "shards", unit_name, cfg.batch_rows)
+        record["shards"], paths = split_by_language(shard_path, shard_path.parent, unit_name, cfg.batch_rows)
         shard_path.unlink()
         record["outputs"] = output_fingerprints(out, *paths, reject_path)
     else:
@@ -497,18 +503,21 @@ def split_by_language(
     """Split document shard `src` into `shards_dir/lang=xx/<unit>.xx.parquet` (row order kept within
     each); returns their manifest entries (paths relative to shards_dir) and paths."""
     writers: dict[str, ShardWriter] = {}
+    sizes: Counter = Counter()
     try:
-        for batch in pq.ParquetFile(src).iter_batches(batch_size=batch_rows):
+        for batch in parquet_file(src).iter_batches(batch_size=batch_rows):
             table = pa.Table.from_batches([batch])
             langs = [doc_language(json.loads(m) if m else {}) for m in table.column("metadata").to_pylist()]
             for lang in sorted(set(langs)):
                 if lang not in writers:
                     writers[lang] = ShardWriter(shards_dir / partition_dir(lang) / f"{unit}.{lang}.parquet")
-                writers[lang].write_table(table.filter(pa.array([x == lang for x in langs])))
+                rows = table.filter(pa.array([x == lang for x in langs]))
+                writers[lang].write_table(rows)
+                sizes[lang] += arrow_bytes(rows)
         entries = []
         for lang in sorted(writers):
-            entry = writers[lang].close()
-            entries.append(entry | {"path": f"{partition_dir(lang)}/{entry['path']}", "language": lang})
+            entry = writers[lang].close() | {"arrow_bytes": sizes[lang], "language": lang}
+            entries.append(entry | {"path": f"{partition_dir(lang)}/{entry['path']}"})
         return entries, [writers[lang].path for lang in sorted(writers)]
     except BaseException:
         for w in writers.values():

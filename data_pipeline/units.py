@@ -22,10 +22,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import pyarrow.parquet as pq
-
 from data_pipeline.readers import InputUnit
 from pretrain.core.files import io_map
+from pretrain.core.shards import parquet_file
+from pretrain.core.storage import open_binary
 
 SPLITTABLE_JSONL = (".jsonl", ".ndjson")
 READ_BYTES = 8 << 20  # block size of the line count
@@ -87,7 +87,7 @@ def _count_newlines(f, start: int, end: int) -> int:
 def _jsonl_ranges(path: str, size: int, unit_bytes: int) -> list[tuple[int, int, int, int]]:
     """(start byte, end byte, lines before, bytes) of each part of a JSONL file."""
     n = math.ceil(size / unit_bytes)
-    with open(path, "rb") as f:
+    with open_binary(path) as f:
         cuts = sorted({_line_start_at_or_after(f, k * size // n, size) for k in range(1, n)} - {size})
         bounds = [0, *cuts, size]
         ranges, lines = [], 0
@@ -103,7 +103,7 @@ def _parquet_ranges(path: str, unit_bytes: int) -> list[tuple[int, int, int, int
     file: consecutive row groups up to `unit_bytes`. An unreadable footer leaves the file whole
     (its task then names the file)."""
     try:
-        meta = pq.ParquetFile(path).metadata
+        meta = parquet_file(path).metadata
     except Exception:  # noqa: BLE001 - pyarrow raises several types for a bad file
         return []
     ranges: list[tuple[int, int, int, int]] = []

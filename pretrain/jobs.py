@@ -323,8 +323,9 @@ def _run_minhash(run: Run) -> None:
 # split ------------------------------------------------------------------------------------------
 def _run_split(run: Run) -> None:
     s = run.cfg.split
+    ray = minhash_config(run).ray  # the run's Ray settings, for the split's pack tasks
     split_heldout(
-        run.path("minhash"), run.path("split"), s.heldout_fraction, s.min_heldout_per_source, s.seed
+        run.path("minhash"), run.path("split"), s.heldout_fraction, s.min_heldout_per_source, s.seed, ray
     )
 
 

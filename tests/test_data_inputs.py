@@ -323,12 +323,13 @@ def test_pipeline_work_removed_after_success_and_rerun_is_a_no_op(raw, ray_local
         "dups",
         "final",
         "hashes",
+        "pack",
     ]
     before = _mtimes(tmp_path / "out")
     _no_tasks(monkeypatch)
     assert run_pipeline(cfg(tmp_path / "out")) == stats
     assert _mtimes(tmp_path / "out") == before
     # a lost output: the stage record no longer holds, so the stage runs again (and says so)
-    (tmp_path / "out" / "shards" / "web.jsonl.parquet").unlink()
+    (tmp_path / "out" / "shards" / "part-00000.parquet").unlink()
     with pytest.raises(AssertionError, match="a task ran on a finished stage"):
         run_pipeline(cfg(tmp_path / "out"))

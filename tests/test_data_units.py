@@ -151,13 +151,14 @@ def test_split_run_gives_the_ids_outputs_and_stats_of_one_unit_per_file(data_run
     assert {k: v for k, v in stats.items() if k not in skip} == {
         k: v for k, v in data_run["stats"].items() if k not in skip
     }
-    entries = read_manifest(out)["shards"]
-    parts = [e for e in entries if "input_part" in e]
-    assert stats["num_shards"] > data_run["stats"]["num_shards"] and parts
-    assert {e["input"] for e in parts} >= {"web/part-00005.jsonl", "code/part-00000.jsonl"}
+    # the units a packed shard holds say which part of which file they are
+    sources = [s for e in read_manifest(out)["shards"] for s in e["sources"]]
+    parts = [s for s in sources if "input_part" in s]
+    assert len(sources) > len([s for e in read_manifest(data_run["out"])["shards"] for s in e["sources"]])
+    assert parts and {s["input"] for s in parts} >= {"web/part-00005.jsonl", "code/part-00000.jsonl"}
     # each part's done record says which bytes of which file it read, and the lines before them
-    first = next(e for e in parts if e["input_part"]["index"] == 1 and e["input"] == "code/part-00000.jsonl")
-    rec = read_json(out / "_work" / "chain" / f"{first['path'].removesuffix('.parquet')}.done.json")
+    first = next(s for s in parts if s["input_part"]["index"] == 1 and s["input"] == "code/part-00000.jsonl")
+    rec = read_json(out / "_work" / "chain" / f"{first['unit']}.done.json")
     assert rec["part"] == first["input_part"] and rec["relpath"] == "code/part-00000.jsonl"
     a, b = rec["part"]["bytes"]
     data = (tiny_corpus / "raw" / "code" / "part-00000.jsonl").read_bytes()

@@ -140,7 +140,7 @@ def test_documents_without_shingles_are_never_clustered(tmp_path, ray_local):
     assert stats["num_kept"] == 4 and stats["minhash"]["num_candidates"] == 0
 
 
-@pytest.mark.parametrize("kill_after", ["sig", "cand"])
+@pytest.mark.parametrize("kill_after", ["sig", "cand", "vsrc"])
 def test_killed_driver_resumes_to_identical_clusters(data_run, dedup, tmp_path, kill_after):
     import os
     import signal

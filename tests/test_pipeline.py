@@ -12,6 +12,7 @@ import pytest
 from data_pipeline.cli import main as cli_main
 from data_pipeline.executor import run_pipeline
 from data_pipeline.groundtruth import score_run
+from pretrain.core.shards import read_manifest
 from tests.pipeline_helpers import pipeline_config, read_outputs, shard_digests
 
 pytestmark = pytest.mark.slow
@@ -159,9 +160,14 @@ def test_output_files_have_one_extension_and_ids_stay_positional(run):
     out = run["out"]
     shards = sorted(p.name for p in (out / "shards").iterdir())
     rejects = sorted(p.name for p in (out / "rejects").iterdir())
-    assert "books__part-00000.parquet" in shards, shards
+    # shards are packed into parts (tests/test_shard_sizing.py); rejects stay per input unit
+    assert shards == [f"part-{k:05d}.parquet" for k in range(len(shards))] and shards, shards
     assert "books__part-00000.exact_dedup.parquet" in rejects, rejects
     assert [n for n in shards + rejects if n.count(".parquet") != 1] == []
+    sources = [s for e in read_manifest(out)["shards"] for s in e["sources"]]
+    assert {"input": "books/part-00000.parquet", "unit": "books__part-00000"} in [
+        {k: s[k] for k in ("input", "unit")} for s in sources
+    ]
     assert any(i.startswith("books/part-00000.parquet#") for i in run["kept"])  # ids: relpath#row
 
 

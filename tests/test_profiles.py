@@ -4,8 +4,8 @@ The `code` profile on the installed Python's own standard library (files read as
 kept, generated codec tables, data-only modules and a minified module are rejected with their
 reasons, secrets are scrubbed, numeric literals and licence headers are left alone. The same files
 under the prose rules are nearly all rejected (what the issue measured). The `docs` profile on this
-machine's /usr/share/doc keeps what the prose rules drop. With `partition_by_language`, each input
-writes one shard per language (lang=en/, lang=de/, lang=code/) and MinHash and the held-out split
+machine's /usr/share/doc keeps what the prose rules drop. With `partition_by_language`, the shards
+are packed per language folder (lang=en/, lang=de/, lang=code/) and MinHash and the held-out split
 keep the folders.
 """
 
@@ -157,12 +157,15 @@ def test_the_prose_rules_reject_nearly_all_code():
 def test_partitioned_by_language_through_minhash_and_split(code_run, tmp_path):
     out, stats = code_run["out"], code_run["stats"]
     shards = {e["path"]: e for e in read_manifest(out)["shards"]}
-    assert set(shards) == {
-        "lang=code/code__stdlib.jsonl.code.parquet",
-        "lang=en/web__pages.jsonl.en.parquet",
-        "lang=de/web__pages.jsonl.de.parquet",
-    }
-    assert shards["lang=de/web__pages.jsonl.de.parquet"]["rows"] == 1
+    assert list(shards) == [  # packed per folder, folders sorted, parts numbered across them
+        "lang=code/part-00000.parquet",
+        "lang=de/part-00001.parquet",
+        "lang=en/part-00002.parquet",
+    ]
+    assert shards["lang=de/part-00001.parquet"]["rows"] == 1
+    assert [(s["input"], s["rows"]) for s in shards["lang=de/part-00001.parquet"]["sources"]] == [
+        ("web/pages.jsonl", [0, 1])
+    ]
     assert sum(e["rows"] for e in shards.values()) == stats["num_kept"] == len(code_run["kept"])
     assert [p.relative_to(out / "shards").as_posix() for p in list_shards(out)] == list(shards)
     assert stats["num_shards"] == 3
@@ -185,17 +188,15 @@ def test_partitioned_by_language_through_minhash_and_split(code_run, tmp_path):
     assert mstats["num_in"] == stats["num_kept"]
     assert {e["path"] for e in read_manifest(mh)["shards"]} == set(shards)
     split_heldout(mh, tmp_path / "split", 0.1, 1, 0)
-    assert {e["path"] for e in read_manifest(tmp_path / "split" / "train")["shards"]} == set(shards)
-    # a rerun without partitioning drops the language folders and writes one shard per input
+    sides = [read_manifest(tmp_path / "split" / side)["shards"] for side in ("train", "heldout")]
+    assert {e["path"].split("/")[0] for side in sides for e in side} == {"lang=code", "lang=de", "lang=en"}
+    # a rerun without partitioning drops the language folders: the documents packed flat
     from data_pipeline.executor import run_pipeline
 
     flat = run_pipeline(
         _config(code_run["raw"], out, "source_profiles={code: code}", "language.languages=[en,de]")
     )
-    assert sorted(p.name for p in (out / "shards").iterdir()) == [
-        "code__stdlib.jsonl.parquet",
-        "web__pages.jsonl.parquet",
-    ]
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["part-00000.parquet"]
     assert flat["num_kept"] == stats["num_kept"]
 
 

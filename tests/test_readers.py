@@ -218,7 +218,7 @@ def test_parquet_input_shard_has_one_extension(tmp_path):
     (tmp_path / "web" / "part-00000.jsonl").write_text(json.dumps({"text": "x"}) + "\n")
     units = discover_inputs(InputConfig(paths=[str(tmp_path)]))
     assert [(u.name, u.stem) for u in units] == [
-        ("books__part-00000.parquet", "books__part-00000"),  # shards/books__part-00000.parquet
+        ("books__part-00000.parquet", "books__part-00000"),  # rejects/books__part-00000.parquet
         ("web__part-00000.jsonl", "web__part-00000.jsonl"),
     ]
     rows = _read_all(tmp_path)

@@ -38,6 +38,7 @@ from pretrain.core.hashing import file_fingerprint, sha256_file
 from pretrain.core.progress import Progress
 from pretrain.core.runner import maybe_crash, raise_errors, run_tasks
 from pretrain.core.shards import iter_batches, list_shards, read_manifest, shard_relpath
+from pretrain.core.storage import stage_path, work_dir
 from pretrain.core.token_shards import token_dtype, write_token_manifest, write_token_shard
 from pretrain.core.tokenizer_file import BPETokenizer, load_tokenizer
 from tokenizer.config import TokenizerEncodeConfig
@@ -75,7 +76,7 @@ def encode_shard(
     # Read by tokenizers on every encode_batch call, so it applies even in a reused worker.
     os.environ["TOKENIZERS_PARALLELISM"] = "false" if cfg.single_threaded else "true"
     bpe = _tokenizer(tok_dir, fingerprint["tokenizer_hash"])
-    out, stem = Path(out_dir), Path(doc_path).stem
+    out, stem = stage_path(out_dir), stage_path(doc_path).stem
     vocab_size, dtype = bpe.vocab_size, token_dtype(bpe.vocab_size)
     head = [bpe.bos_id] if cfg.add_bos else []
     eos = bpe.eos_id
@@ -112,7 +113,7 @@ def encode_shard(
         "cpu_seconds": round(time.process_time() - cpu0, 3),
         "outputs": output_fingerprints(out, *paths),
     }
-    write_json(out / "_work" / f"{stem}.done.json", record)
+    write_json(work_dir(out) / f"{stem}.done.json", record)
     return record
 
 
@@ -131,7 +132,7 @@ def run_encode(
     """Encode every document shard of INPUT (skipping finished ones); write the manifest and stats.
     INPUT: a stage directory, or raw files, folders and globs (see the module docstring)."""
     t_start = time.perf_counter()
-    out = Path(out_dir)
+    out = stage_path(out_dir)
     bpe = load_tokenizer(tok_dir)
     run_cfg = cfg
     if cfg.workers:
@@ -140,7 +141,7 @@ def run_encode(
         )
         run_cfg = dataclasses.replace(cfg, ray=ray_cfg)
     paths = [str(p) for p in input_paths] if isinstance(input_paths, list) else [str(input_paths)]
-    read_dir = out / "_work" / READ_DIR
+    read_dir = work_dir(out) / READ_DIR
     inp = stage_dir_of_inputs(InputConfig(paths=paths), read_dir, run_cfg.ray, cfg.progress)
     shards = list_shards(inp)
     if not shards:
@@ -164,7 +165,7 @@ def run_encode(
         }
         for p in shards
     ]
-    done = load_done_many(out, [(out / "_work" / f"{p.stem}.done.json", fp) for p, fp in zip(shards, fps)])
+    done = load_done_many(out, [(work_dir(out) / f"{p.stem}.done.json", fp) for p, fp in zip(shards, fps)])
     for path, fp, rec in zip(shards, fps, done):
         if rec is not None:
             records[path.stem] = rec
@@ -210,7 +211,7 @@ def _remove_stale(out: Path, keep: set[str], stems: set[str]) -> None:
     for f in (out / "shards").glob("*"):
         if f"shards/{f.name}" not in keep:
             f.unlink()
-    for f in (out / "_work").glob("*"):
+    for f in work_dir(out).glob("*"):
         if f.is_file() and (f.name.startswith(".") or f.name.removesuffix(".done.json") not in stems):
             f.unlink()
 

@@ -22,6 +22,7 @@ from pretrain.core.config import config_hash, dump_yaml, to_dict
 from pretrain.core.files import read_json, write_json
 from pretrain.core.hashing import sha256_file
 from pretrain.core.shards import list_shards, read_manifest
+from pretrain.core.storage import stage_path
 from pretrain.core.tokenizer_file import BPETokenizer, tokenizer_hash
 from tokenizer.bpe import save_tokenizer, special_tokens, train_bpe
 from tokenizer.config import TokenizerTrainConfig
@@ -56,7 +57,7 @@ def train_tokenizer(
 ) -> dict[str, Any]:
     """Sample, train, save and report; returns the report (with "up_to_date": true when skipped)."""
     t_start, cpu_start = time.perf_counter(), time.process_time()
-    inp, out = Path(input_dir), Path(out_dir)
+    inp, out = stage_path(input_dir), Path(out_dir)
     read_manifest(inp)  # a clear error when INPUT is not a finished stage directory
     input_sha = sha256_file(inp / "manifest.json")
     cfg_hash = config_hash(cfg.identity())

@@ -8,13 +8,16 @@ documents, read first into `_work/input/` by the pipeline's `read` step (same id
 `pretrain data run`; its rejects go to rejects/read/ and the stats' `read` row).
 Steps (each a set of Ray tasks writing atomically under `_work/minhash/`, then a done record, so a
 rerun continues after the last complete task): signatures + band buckets per shard -> candidate
-pairs per range of buckets -> verification per range of pairs -> connected components (one
-union-find task while the edges fit a task's memory, large-star/small-star otherwise; never in the
-driver) -> cluster members with their ids per range of shards -> survivors per range of clusters ->
-removal lists per range of shards -> finalize per shard (its shard and its own list). Each
-shuffle's reducers are derived from the rows of its input and the task memory budget
-(`data_pipeline.shuffle`). The result is the same for any number of workers. A finished run writes
-`done.json` and removes `_work/` (kept with `keep_work`); a rerun on the same input then does nothing.
+pairs per range of buckets -> verification, a join with the signatures per range of the pairs' src
+shards, then of their dst shards -> connected components (one union-find task while the edges fit a
+task's memory, large-star/small-star otherwise; never in the driver) -> cluster members with
+their ids per range of shards -> survivors per range of clusters -> removal lists per range of
+shards -> finalize per shard (its shard and its own list, into `_work/minhash/final/`) -> pack
+(those cut into `shards/part-NNNNN.parquet` of about `target_shard_bytes`, keeping the input's
+language folders: `data_pipeline.pack`). Each shuffle's reducers are derived
+from the rows of its input and the task memory budget (`data_pipeline.shuffle`). The result is the
+same for any number of workers. A finished run writes `done.json` and removes `_work/` (kept with
+`keep_work`); a rerun on the same input then does nothing.
 """
 
 from __future__ import annotations
@@ -26,23 +29,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from data_pipeline.executor import stage_fingerprint
+from data_pipeline.executor import FINAL_LAYOUT, stage_fingerprint
 from data_pipeline.inputs import carry_read_rejects, stage_dir_of_inputs
 from data_pipeline.minhash import steps
 from data_pipeline.minhash.components import COMPONENT_EDGE_BYTES, components, union_find_limit
 from data_pipeline.minhash.lsh import choose_bands_rows, format_s_curve
+from data_pipeline.pack import PackSource, ShardSizeConfig, pack_shards
 from data_pipeline.readers import InputConfig, scan_inputs, unit_fingerprints
 from data_pipeline.shuffle import DEFAULT_TASK_BUDGET_BYTES, num_partitions, unit_ranges
 from data_pipeline.summary import write_summary
 from data_pipeline.tasks import add_examples
 from pretrain.core.config import check, config_hash, dump_yaml, load_config, to_dict
-from pretrain.core.done import WORK_DIR, finish_stage, finished_stage, load_done_many
+from pretrain.core.done import finish_stage, finished_stage, load_done_many
 from pretrain.core.files import io_map, read_json, write_json
 from pretrain.core.hashing import file_fingerprint
 from pretrain.core.progress import Progress
 from pretrain.core.runner import ensure_ray, raise_errors, run_tasks, task_memory_bytes
-from pretrain.core.sections import TaskConfig
 from pretrain.core.shards import list_shards, remove_unlisted, shard_relpath, write_manifest
+from pretrain.core.storage import stage_path, work_dir
 
 SHUFFLE_STEPS = ("candidates", "verify", "components", "members", "survivors", "lists")
 RUN_ONLY = ("num_partitions", "partitions", "union_find_max_edges")  # how it runs, not what it gives
@@ -138,9 +142,10 @@ class MinHashConfig:
 
 
 @dataclass
-class MinHashRunConfig(TaskConfig):
+class MinHashRunConfig(ShardSizeConfig):
     """MinHash dedup of a stage directory or raw inputs; `ray`, `batch_rows` (rows per batch when
-    rewriting shards) and `progress` come from TaskConfig."""
+    rewriting shards), `progress` and the output shards' size (`target_shard_bytes`,
+    `target_shard_rows`) come from ShardSizeConfig."""
 
     input: InputConfig = field(default_factory=InputConfig)
     """What to deduplicate, as every data stage takes it (`input.paths`: a finished stage directory
@@ -184,7 +189,7 @@ def run_minhash_dedup(cfg: MinHashRunConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     mh = cfg.minhash
     bands, rows = mh.bands_rows()
-    out = Path(cfg.output_dir)
+    out = stage_path(cfg.output_dir)
     input_cfg = cfg.input_config()
     scan = scan_inputs(input_cfg)  # raises InputError naming a missing or unreadable path
     input_fps = unit_fingerprints(scan.units)
@@ -193,7 +198,7 @@ def run_minhash_dedup(cfg: MinHashRunConfig) -> dict[str, Any]:
         return stats
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_yaml(cfg))
-    read_dir = out / WORK_DIR / "input"
+    read_dir = work_dir(out) / "input"
     inp = stage_dir_of_inputs(input_cfg, read_dir, cfg.ray, cfg.progress, scan)
     read_step = read_json(inp / "stats.json") if inp == read_dir else None  # raw inputs were read
     shards = list_shards(inp)
@@ -201,7 +206,7 @@ def run_minhash_dedup(cfg: MinHashRunConfig) -> dict[str, Any]:
         raise FileNotFoundError(f"no document shards under {inp}/shards")
     known = {u.path: fp for u, fp in zip(scan.units, input_fps)}  # fingerprinted above already
     shard_fps = io_map(lambda s: known.get(str(s)) or file_fingerprint(s), shards)
-    work = out / WORK_DIR / "minhash"
+    work = work_dir(out) / "minhash"
     names = [s.stem for s in shards]
     rels = [shard_relpath(inp, s) for s in shards]  # outputs keep the input's folders (lang=xx/)
     progress = Progress(enabled=cfg.progress)
@@ -271,22 +276,45 @@ def run_minhash_dedup(cfg: MinHashRunConfig) -> dict[str, Any]:
     )
     cand_runs = [r for q in range(Q) for r in cand[str(q)]["runs"]]
     sig_files = [str(work / "sig" / f"{n}.npy") for n in names]
-    Q = reducers("verify", sum(r["num_pairs_emitted"] for r in cand.values()), steps.PAIR_ROW_BYTES)
-    vfp = config_hash([cfp, mh.verify, mh.verify_threshold, Q])
-    ver = phase(
-        "verify",
-        steps.verify_partition,
+    # Verification joins the pairs with their signatures by shard: per range of src shards, then
+    # per range of dst shards, each task reading the signature files of its own shards only.
+    num_pairs = sum(r["num_pairs_emitted"] for r in cand.values())
+    row_bytes = steps.pair_row_bytes(steps.SRC_PAIR_ROW_BYTES, mh.num_perm)
+    src_ranges = unit_ranges(len(names), reducers("verify", num_pairs, row_bytes))
+    v1fp = config_hash([cfp, mh.verify, src_ranges])
+    vsrc = phase(
+        "verify src",
+        steps.verify_src_partition,
         [
             (
-                str(q),
-                work / "edges" / f"q={q:05d}.done.json",
-                vfp,
-                (q, Q, cand_runs, sig_files, mh.verify_threshold, mh.verify, budget, str(out), vfp),
+                str(r),
+                work / "vsrc" / f"r={r:05d}.done.json",
+                v1fp,
+                (r, a, b, cand_runs, sig_files, mh.verify, budget, row_bytes, str(out), v1fp),
             )
-            for q in range(Q)
+            for r, (a, b) in enumerate(src_ranges)
         ],
     )
-    edge_files = [f for q in range(Q) for f in ver[str(q)]["edge_files"]]
+    src_runs = [p for r in range(len(src_ranges)) for p in vsrc[str(r)]["runs"]]
+    num_pairs = sum(r["num_pairs"] for r in vsrc.values())  # distinct now
+    row_bytes = steps.pair_row_bytes(steps.DST_PAIR_ROW_BYTES, mh.num_perm)
+    dst_ranges = unit_ranges(len(names), reducers("verify", num_pairs, row_bytes))
+    threshold = mh.verify_threshold if mh.verify else None
+    vfp = config_hash([v1fp, threshold, dst_ranges])
+    ver = phase(
+        "verify dst",
+        steps.verify_dst_partition,
+        [
+            (
+                str(r),
+                work / "edges" / f"r={r:05d}.done.json",
+                vfp,
+                (r, a, b, src_runs, sig_files, threshold, budget, row_bytes, str(out), vfp),
+            )
+            for r, (a, b) in enumerate(dst_ranges)
+        ],
+    )
+    edge_files = [f for r in range(len(dst_ranges)) for f in ver[str(r)]["edge_files"]]
     num_edges = sum(r["num_edges"] for r in ver.values())
     P = reducers("components", num_edges, COMPONENT_EDGE_BYTES)
     cc_dir = work / f"cc-{config_hash([vfp, P])}"
@@ -358,23 +386,36 @@ def run_minhash_dedup(cfg: MinHashRunConfig) -> dict[str, Any]:
             (
                 n,
                 work / "final" / f"{n}.done.json",
-                config_hash([lfp, sig_fp[n]]),
+                config_hash([lfp, sig_fp[n], FINAL_LAYOUT]),
                 (
                     str(s),
                     rel,
                     cfg.batch_rows,
                     cfg.num_example_rejects,
                     str(out),
-                    config_hash([lfp, sig_fp[n]]),
+                    config_hash([lfp, sig_fp[n], FINAL_LAYOUT]),
                 ),
             )
             for n, s, rel in zip(names, shards, rels)
         ],
     )
+    # the shards finalize wrote to _work/minhash/final/, packed into shards/part-NNNNN.parquet
+    sources = [
+        PackSource(
+            str(work / "final" / rel),
+            final[n]["shard"]["rows"],
+            final[n]["shard"]["arrow_bytes"],
+            final[n]["shard"]["sha256"],
+            rel.rpartition("/")[0],  # the input's language folder, kept
+            {"unit": n, "input": str(s)},
+        )
+        for n, s, rel in zip(names, shards, rels)
+    ]
+    parts = pack_shards(sources, cfg, out, out / "shards", work / "pack", progress)
     progress.stop()
 
     read_rejects = carry_read_rejects(inp, out) if read_step else []
-    keep = {f"shards/{r}" for r in rels} | {f"rejects/{n}.parquet" for n in names}
+    keep = {f"shards/{e['path']}" for e in parts} | {f"rejects/{n}.parquet" for n in names}
     remove_unlisted(out, keep | {f"rejects/{e['path']}" for e in read_rejects})
     sizes: Counter = Counter()
     for rec in surv.values():
@@ -428,7 +469,7 @@ def run_minhash_dedup(cfg: MinHashRunConfig) -> dict[str, Any]:
         "pii": {},
         "examples": dict(sorted(examples.items())),
         "skipped_files": read_step["skipped_files"] if read_step else [],
-        "num_shards": len(names),
+        "num_shards": len(parts),
         "seconds": round(seconds, 3),
         "docs_per_second": round(num_in / seconds, 1) if seconds else None,
     }
@@ -437,10 +478,7 @@ def run_minhash_dedup(cfg: MinHashRunConfig) -> dict[str, Any]:
     write_manifest(
         out,
         config_hash=sfp,
-        shards=[
-            {**final[n]["shard"], "path": rel, "input": str(s), "config_hash": sfp}
-            for n, s, rel in zip(names, shards, rels)
-        ],
+        shards=[entry | {"config_hash": sfp} for entry in parts],
         rejects=[final[n]["rejects"] for n in names] + read_rejects,
     )
     write_summary(out, stats, print_table=cfg.progress)

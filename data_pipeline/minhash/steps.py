@@ -8,9 +8,15 @@ is chosen by the driver from the rows of that step's input.
    ids and quality scores, and its band buckets as one run keyed by the bucket key.
 2. `candidate_partition`: documents sharing a bucket become candidate edges (star to the bucket's
    first member plus a chain through the members: linear in bucket size, connects all of them),
-   one run per chunk keyed by a hash of the pair, so each pair is verified once.
-3. `verify_partition`: estimated Jaccard from the two signatures; edges below the threshold drop.
-   (Connected components then run in `components.py`.)
+   one run per chunk keyed by the shard of the pair's `src` node, then a hash of the pair
+   (`shard_key`), so each pair is verified once, by the task that owns its `src` shard.
+3. Verification, a join with the signatures by shard in two steps, so a task reads the signature
+   files of its own range of shards only (never one file per (shard, reducer) pair):
+   `verify_src_partition` takes the distinct pairs whose `src` lies in its shards, attaches the
+   `src` signatures from those shards' files, and writes them as one run per chunk keyed by the
+   `dst` node's shard; `verify_dst_partition` attaches the `dst` signatures the same way, and keeps
+   the pairs whose estimated Jaccard reaches the threshold. (Connected components then run in
+   `components.py`.)
 4. `member_runs` / `member_partition` / `survivor_partition`: the clustered nodes, joined with
    their id and quality score per range of shards (each shard's node file is read once), then per
    range of clusters the survivor (highest score, then smallest id) and the rest, removed.
@@ -24,6 +30,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +45,10 @@ from data_pipeline.shuffle import RunSet, chunk_rows, key_range, mix64, write_ru
 from data_pipeline.tasks import RejectTally, filter_unit
 from pretrain.core.done import output_fingerprints
 from pretrain.core.files import atomic_path, write_json
-from pretrain.core.shards import write_table
+from pretrain.core.shards import read_table, write_table
+from pretrain.core.storage import stage_path, stat, work_dir
 
-LAYOUT_VERSION = 3  # bump when a step's files change shape, so old _work records are not reused
+LAYOUT_VERSION = 4  # bump when a step's files change shape, so old _work records are not reused
 EDGE_SCHEMA = pa.schema([("src", pa.int64()), ("dst", pa.int64())])
 NODE_SCHEMA = pa.schema([("node", pa.int64()), ("id", pa.string()), ("score", pa.float64())])
 LIST_SCHEMA = pa.schema(
@@ -53,14 +61,20 @@ LIST_SCHEMA = pa.schema(
 )
 # Peak task memory per input row of each reducer step, temporaries included, measured here with
 # MemoryGuard on bench/data_scale.py's documents (200,000 of them; one reducer per step): candidates
-# 77 bytes per band row, verify ~2 KB per pair (two 512-byte signatures each, the pages of the
-# signature files it touches, the comparison), member ids 650 and survivors 490 per clustered node,
-# removal lists 510 per removed document (the last three mostly fixed costs at that size). The
-# driver sizes each shuffle and each task its chunks with them, rounded up.
+# 77 bytes per band row, member ids 650 and survivors 490 per clustered node, removal lists 510 per
+# removed document (the last three mostly fixed costs at that size). The two verify steps per
+# candidate pair at 128 permutations, on 250k and 1M random pairs over 20 shards of 10,000
+# signatures: the src step 640 (the pair read and sorted, its src signature gathered into the run it
+# writes), the dst step 1,170 when it reads several runs (their mapped pages and the copy that joins
+# them, each 536 bytes a pair; 560 from one run), the dst signatures compared in blocks. Both grow by
+# 8 bytes per pair for each permutation over 128 (`pair_row_bytes`; measured 5 and 8 at 256).
+# The driver sizes each shuffle and each task its chunks with them, rounded up.
 BAND_ROW_BYTES = 100
-PAIR_ROW_BYTES = 2000
+SRC_PAIR_ROW_BYTES = 700
+DST_PAIR_ROW_BYTES = 1200
 MEMBER_ROW_BYTES = 650
 REMOVED_ROW_BYTES = 500
+SIG_BLOCK_ROWS = 16384  # signatures gathered at once (8 MiB at 128 permutations)
 
 
 def node_ids(shard_index: int, num_rows: int) -> np.ndarray:
@@ -88,10 +102,10 @@ def signature_shard(
     shard_path: str, shard_index: int, cfg, bands: int, rows: int, out_dir: str, fingerprint: Any
 ) -> dict:
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    work = out / "_work" / "minhash"
-    name = Path(shard_path).stem
-    table = pq.read_table(shard_path, columns=["id", "text", "metadata"])
+    out = stage_path(out_dir)
+    work = work_dir(out) / "minhash"
+    name = stage_path(shard_path).stem
+    table = read_table(shard_path, columns=["id", "text", "metadata"])
     hasher = MinHasher(num_perm=cfg.num_perm, seed=cfg.seed, ngram=cfg.ngram, mode=cfg.mode)
     sigs = hasher.signatures(table.column("text").to_pylist())
     sig_path = work / "sig" / f"{name}.npy"
@@ -145,12 +159,34 @@ def pair_key(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return mix64(mix64(src) ^ dst.view(np.uint64))
 
 
+def shard_key(node: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The key that routes pair (src, dst) to the shard of `node` (one of the two): the shard index
+    in the high 32 bits, the high half of `pair_key` below. So the pairs of shards [a, b) are the
+    keys [a << 32, b << 32), a pair's copies share a key (a chunk never splits them), and the pairs
+    of one shard spread evenly over its key range (a node in many pairs does not make one key)."""
+    shard = (node >> np.int64(32)).astype(np.uint64) << np.uint64(32)
+    return shard | (pair_key(src, dst) >> np.uint64(32))
+
+
+def shard_key_range(first_shard: int, end_shard: int) -> tuple[int, int]:
+    """The keys of `shard_key` of shards [first_shard, end_shard)."""
+    return first_shard << 32, end_shard << 32
+
+
+def pair_row_bytes(bytes_per_row: int, num_perm: int) -> int:
+    """Task memory per candidate pair of a verify step with `num_perm` permutations, from its
+    figure at 128 (SRC_PAIR_ROW_BYTES, DST_PAIR_ROW_BYTES): 8 bytes more per pair for each
+    permutation over 128, never less than a third of it."""
+    return max(bytes_per_row // 3, bytes_per_row + 8 * (num_perm - 128))
+
+
 def candidate_partition(
     q: int, num_partitions: int, band_runs: list[str], budget: int, out_dir: str, fingerprint: Any
 ) -> dict:
-    """Bucket keys in range q: candidate pairs, one run per chunk keyed by `pair_key`."""
-    out = Path(out_dir)
-    work = out / "_work" / "minhash"
+    """Bucket keys in range q: candidate pairs, one run per chunk keyed by the shard of their
+    `src` node (`shard_key`)."""
+    out = stage_path(out_dir)
+    work = work_dir(out) / "minhash"
     runs = RunSet(band_runs, "key")
     paths, num_rows, num_buckets, num_pairs = [], 0, 0, 0
     for c, (lo, hi) in enumerate(
@@ -178,7 +214,7 @@ def candidate_partition(
         src, dst = _distinct_rows(src[~loop], dst[~loop])
         num_pairs += len(src)
         paths.append(_chunk_path(work, "cand", q, c))
-        write_run(paths[-1], pa.table({"key": pair_key(src, dst), "src": src, "dst": dst}), "key")
+        write_run(paths[-1], pa.table({"key": shard_key(src, src, dst), "src": src, "dst": dst}), "key")
     record = {
         "partition": q,
         "fingerprint": fingerprint,
@@ -190,65 +226,151 @@ def candidate_partition(
     return _done(out, work / "cand" / f"q={q:05d}.done.json", record, *paths)
 
 
-def _signatures_of(nodes: np.ndarray, sig_files: list[str]) -> np.ndarray:
-    """Signatures of arbitrary nodes, reading each shard's .npy memory-mapped."""
-    shard = (nodes >> 32).astype(np.int64)
-    row = (nodes & 0xFFFFFFFF).astype(np.int64)
-    out = None
-    for s in np.unique(shard):
+def _signature_blocks(
+    nodes: np.ndarray, sig_files: list[str], first_shard: int, end_shard: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(positions in `nodes`, their signatures) for `nodes`, all in shards [first_shard,
+    end_shard), in blocks of at most SIG_BLOCK_ROWS, shard by shard in row order: each of those
+    shards' .npy files is memory-mapped once, read where needed, and unmapped after its last block
+    (its pages then no longer count in this task's memory)."""
+    shard = nodes >> np.int64(32)
+    if len(nodes) and (shard.min() < first_shard or shard.max() >= end_shard):
+        raise ValueError(f"nodes outside shards [{first_shard}, {end_shard}): {np.unique(shard)}")
+    order = np.argsort(nodes, kind="stable")
+    bounds = np.searchsorted(shard[order], np.arange(first_shard, end_shard + 1))
+    for i, s in enumerate(range(first_shard, end_shard)):
+        if bounds[i] == bounds[i + 1]:
+            continue
         sigs = np.load(sig_files[s], mmap_mode="r")
-        sel = np.flatnonzero(shard == s)
+        for j in range(bounds[i], bounds[i + 1], SIG_BLOCK_ROWS):
+            sel = order[j : min(j + SIG_BLOCK_ROWS, bounds[i + 1])]
+            yield sel, sigs[nodes[sel] & 0xFFFFFFFF]  # a copy: the mapping goes with `sigs`
+        del sigs
+
+
+def _signatures_in(nodes: np.ndarray, sig_files: list[str], first_shard: int, end_shard: int) -> np.ndarray:
+    """The signatures of `nodes`, all in shards [first_shard, end_shard), in their order."""
+    out = None
+    for sel, sigs in _signature_blocks(nodes, sig_files, first_shard, end_shard):
         if out is None:
             out = np.empty((len(nodes), sigs.shape[1]), dtype=sigs.dtype)
-        out[sel] = sigs[row[sel]]
+        out[sel] = sigs
     return out if out is not None else np.empty((0, 0), np.uint32)
 
 
-def verify_partition(
-    q: int,
-    num_partitions: int,
+def _estimated_jaccard(
+    src_sigs: np.ndarray, dst: np.ndarray, sig_files: list[str], first_shard: int, end_shard: int
+) -> np.ndarray:
+    """The share of equal values between each row of `src_sigs` and the signature of the node in
+    `dst` at the same position (in shards [first_shard, end_shard)): `(a == b).mean(axis=1)`, the
+    same floats, without holding the dst signatures or a (rows, num_perm) float temporary."""
+    same = np.zeros(len(dst), np.int64)
+    for sel, sigs in _signature_blocks(dst, sig_files, first_shard, end_shard):
+        same[sel] = np.count_nonzero(src_sigs[sel] == sigs, axis=1)
+    return same / max(1, src_sigs.shape[1])
+
+
+def verify_src_partition(
+    r: int,
+    first_shard: int,
+    end_shard: int,
     cand_runs: list[str],
     sig_files: list[str],
-    threshold: float,
     verify: bool,
     budget: int,
+    bytes_per_row: int,
     out_dir: str,
     fingerprint: Any,
 ) -> dict:
-    """Candidate pairs in key range q, each once: the edges whose estimated Jaccard reaches
-    `threshold`, one Parquet file per chunk (at least one, maybe empty)."""
-    out = Path(out_dir)
-    work = out / "_work" / "minhash"
+    """The distinct candidate pairs whose `src` is in shards [first_shard, end_shard), with the
+    `src` signature (read from those shards' files only; none when not `verify`), one run per chunk
+    keyed by the shard of `dst` (`shard_key`)."""
+    out = stage_path(out_dir)
+    work = work_dir(out) / "minhash"
     runs = RunSet(cand_runs, "key")
+    paths, num_rows, num_pairs = [], 0, 0
+    lo, hi = shard_key_range(first_shard, end_shard)
+    for c, (a, b) in enumerate(runs.chunks(lo, hi, chunk_rows(budget, bytes_per_row))):
+        t = runs.read(a, b, ["src", "dst"])
+        if t is None:  # the same pair has the same key: it is in this chunk or not at all
+            continue
+        num_rows += t.num_rows
+        src, dst = (t.column(n).to_numpy() for n in ("src", "dst"))
+        del t
+        key, src, dst = _distinct_rows(shard_key(dst, src, dst), src, dst)  # sorted by the new key
+        num_pairs += len(src)
+        cols = {"key": key, "src": src, "dst": dst}
+        if verify:
+            sigs = _signatures_in(src, sig_files, first_shard, end_shard)
+            cols["sig"] = pa.FixedSizeListArray.from_arrays(pa.array(sigs.ravel()), sigs.shape[1])
+            del sigs
+        paths.append(_chunk_path(work, "vsrc", r, c))
+        write_run(paths[-1], pa.table(cols), "key")
+        del cols
+    record = {
+        "partition": r,
+        "shards": [first_shard, end_shard],
+        "fingerprint": fingerprint,
+        "num_rows": num_rows,
+        "num_pairs": num_pairs,
+        "runs": [str(p) for p in paths],
+    }
+    return _done(out, work / "vsrc" / f"r={r:05d}.done.json", record, *paths)
+
+
+def verify_dst_partition(
+    r: int,
+    first_shard: int,
+    end_shard: int,
+    src_runs: list[str],
+    sig_files: list[str],
+    threshold: float | None,
+    budget: int,
+    bytes_per_row: int,
+    out_dir: str,
+    fingerprint: Any,
+) -> dict:
+    """The pairs whose `dst` is in shards [first_shard, end_shard) (each pair once), with the `dst`
+    signature read from those shards' files only: the edges whose estimated Jaccard reaches
+    `threshold` (all of them when it is None: no verification), one Parquet file per chunk (at
+    least one, maybe empty)."""
+    out = stage_path(out_dir)
+    work = work_dir(out) / "minhash"
+    runs = RunSet(src_runs, "key")
     paths, num_candidates, num_edges = [], 0, 0
-    chunks = list(runs.chunks(*key_range(q, num_partitions), chunk_rows(budget, PAIR_ROW_BYTES))) or [(0, 0)]
-    for c, (lo, hi) in enumerate(chunks):
-        t = runs.read(lo, hi)
+    lo, hi = shard_key_range(first_shard, end_shard)
+    for c, (a, b) in enumerate(runs.chunks(lo, hi, chunk_rows(budget, bytes_per_row))):
+        t = runs.read(a, b)
         src = dst = np.empty(0, np.int64)
-        if t is not None:  # the same pair has the same key: it is in this chunk or not at all
-            _, src, dst = _distinct_rows(*(t.column(n).to_numpy() for n in ("key", "src", "dst")))
-        num_candidates += len(src)
-        if verify and len(src):
-            est = (_signatures_of(src, sig_files) == _signatures_of(dst, sig_files)).mean(axis=1)
-            src, dst = src[est >= threshold], dst[est >= threshold]
+        if t is not None:
+            src, dst = (t.column(n).to_numpy() for n in ("src", "dst"))
+            num_candidates += len(src)
+            if threshold is not None:
+                sig = t.column("sig").chunk(0)  # one chunk (`read` combines them): not copied
+                src_sigs = sig.flatten().to_numpy().reshape(len(sig), sig.type.list_size)
+                est = _estimated_jaccard(src_sigs, dst, sig_files, first_shard, end_shard)
+                del sig, src_sigs
+                src, dst = src[est >= threshold], dst[est >= threshold]
+            del t
         num_edges += len(src)
-        paths.append(_chunk_path(work, "edges", q, c, "parquet"))
+        paths.append(_chunk_path(work, "edges", r, c, "parquet"))
         write_table(paths[-1], pa.table({"src": src, "dst": dst}, schema=EDGE_SCHEMA))
     record = {
-        "partition": q,
+        "partition": r,
+        "shards": [first_shard, end_shard],
         "fingerprint": fingerprint,
         "num_candidates": num_candidates,
         "num_edges": num_edges,
         "num_dropped": num_candidates - num_edges,
         "edge_files": [str(p) for p in paths],
     }
-    return _done(out, work / "edges" / f"q={q:05d}.done.json", record, *paths)
+    return _done(out, work / "edges" / f"r={r:05d}.done.json", record, *paths)
 
 
 def member_runs(component_file: str, p: int, out_dir: str, fingerprint: Any) -> dict:
     """One components file (sorted by node) as a run keyed by node, for reads by range of shards."""
-    out = Path(out_dir)
-    work = out / "_work" / "minhash"
+    out = stage_path(out_dir)
+    work = work_dir(out) / "minhash"
     t = pq.read_table(component_file, columns=["node", "component"])
     path = work / "members" / f"from-{p:05d}.arrow"
     run = write_run(path, t, "node")
@@ -267,8 +389,8 @@ def member_partition(
 ) -> dict:
     """The clustered nodes of shards [first_shard, end_shard) with their id and quality score (each
     shard's node file read once, here), as a run keyed by a hash of the component."""
-    out = Path(out_dir)
-    work = out / "_work" / "minhash"
+    out = stage_path(out_dir)
+    work = work_dir(out) / "minhash"
     t = RunSet(runs, "node").read(first_shard << 32, end_shard << 32)
     node = t.column("node").to_numpy() if t is not None else np.empty(0, np.int64)
     comp = t.column("component").to_numpy() if t is not None else np.empty(0, np.int64)
@@ -302,8 +424,8 @@ def survivor_partition(
 ) -> dict:
     """Per cluster in key range q: the survivor is the highest score, then the smallest id; the rest
     are removed, written as runs keyed by their shard (`unit`)."""
-    out = Path(out_dir)
-    work = out / "_work" / "minhash"
+    out = stage_path(out_dir)
+    work = work_dir(out) / "minhash"
     members = RunSet(runs, "key")
     sizes: Counter = Counter()
     paths, num_removed = [], 0
@@ -360,18 +482,18 @@ def survivor_partition(
 
 def list_path(out: Path, name: str) -> Path:
     """The removal list of one shard: its rows that near-duplicate removal drops."""
-    return out / "_work" / "minhash" / "lists" / f"{name}.parquet"
+    return work_dir(out) / "minhash" / "lists" / f"{name}.parquet"
 
 
 def removal_lists(
     r: int, first_shard: int, names: list[str], runs: list[str], out_dir: str, fingerprint: Any
 ) -> dict:
     """The removal lists of shards first_shard .. first_shard + len(names) - 1."""
-    out = Path(out_dir)
+    out = stage_path(out_dir)
     paths = [list_path(out, n) for n in names]
     num_rows = write_unit_lists(runs, first_shard, paths, LIST_SCHEMA, "row")
     record = {"partition": r, "fingerprint": fingerprint, "num_removed": num_rows}
-    return _done(out, out / "_work" / "minhash" / "lists" / f"r={r:05d}.done.json", record, *paths)
+    return _done(out, work_dir(out) / "minhash" / "lists" / f"r={r:05d}.done.json", record, *paths)
 
 
 def finalize_shard(
@@ -382,11 +504,12 @@ def finalize_shard(
     out_dir: str,
     fingerprint: Any,
 ) -> dict:
-    """The shard minus the rows of its removal list: reads the shard and that list, nothing else."""
+    """The shard minus the rows of its removal list, to `_work/minhash/final/<rel>` (the pack phase
+    then cuts those into shards/): reads the shard and that list, nothing else."""
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    work = out / "_work" / "minhash"
-    name = Path(src_shard).stem
+    out = stage_path(out_dir)
+    work = work_dir(out) / "minhash"
+    name = stage_path(src_shard).stem
     removed = list_path(out, name)
     r = pq.ParquetFile(removed).read()  # not read_table: its dataset layer costs a first import
     tally = RejectTally(num_examples)
@@ -401,9 +524,9 @@ def finalize_shard(
         name,
         fingerprint,
         t0,
-        Path(src_shard),
+        stage_path(src_shard),
         out,
-        out / "shards" / rel,
+        work / "final" / rel,
         out / "rejects" / f"{name}.parquet",
         None,
         "minhash_dedup",
@@ -411,6 +534,6 @@ def finalize_shard(
         tally,
         batch_rows,
     )
-    record["bytes_read"] = Path(src_shard).stat().st_size + removed.stat().st_size  # each read whole
+    record["bytes_read"] = stat(src_shard)["size"] + removed.stat().st_size  # each read whole
     write_json(work / "final" / f"{name}.done.json", record)
     return record

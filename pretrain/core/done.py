@@ -23,14 +23,32 @@ from typing import Any
 
 from pretrain.core.files import io_map, read_json, write_json
 from pretrain.core.hashing import file_fingerprint, fingerprint_matches
+from pretrain.core.storage import is_remote, remove_tree, stage_path, work_dir
 
 STAGE_DONE = "done.json"
 WORK_DIR = "_work"
 
 
-def output_fingerprints(out: Path, *paths: Path) -> dict[str, dict]:
+def stage_relpath(out: str | Path, path: Any) -> str:
+    """How a done record names a file of stage `out`: relative to it, `_work/...` for one in its
+    work folder (which for a stage on an object store is a local folder elsewhere: `work_dir`)."""
+    out = stage_path(out)
+    work = work_dir(out)
+    if not is_remote(out) or is_remote(path):
+        return stage_path(path).relative_to(out).as_posix()
+    return f"{WORK_DIR}/{Path(path).relative_to(work).as_posix()}"
+
+
+def stage_file(out: str | Path, rel: str) -> Any:
+    """The file a done record names `rel` (inverse of `stage_relpath`)."""
+    if rel.startswith(f"{WORK_DIR}/"):
+        return work_dir(out) / rel[len(WORK_DIR) + 1 :]
+    return stage_path(out) / rel
+
+
+def output_fingerprints(out: str | Path, *paths: Any) -> dict[str, dict]:
     """The `outputs` of a done record: path (relative to the stage dir) -> file_fingerprint."""
-    return dict(zip((str(p.relative_to(out)) for p in paths), io_map(file_fingerprint, paths)))
+    return dict(zip((stage_relpath(out, p) for p in paths), io_map(file_fingerprint, paths)))
 
 
 def _load(out_dir: str | Path, done_path: Path, fingerprint: Any, parallel: bool) -> dict | None:
@@ -41,7 +59,7 @@ def _load(out_dir: str | Path, done_path: Path, fingerprint: Any, parallel: bool
     if not isinstance(rec, dict) or rec.get("fingerprint") != fingerprint:
         return None
     outputs = rec.get("outputs", {})
-    check = [(Path(out_dir) / rel, fp) for rel, fp in outputs.items()]
+    check = [(stage_file(out_dir, rel), fp) for rel, fp in outputs.items()]
     if parallel:
         intact = io_map(lambda item: fingerprint_matches(*item), check)
     else:
@@ -60,20 +78,26 @@ def load_done_many(out_dir: str | Path, records: list[tuple[Path, Any]]) -> list
     return io_map(lambda r: _load(out_dir, r[0], r[1], parallel=False), records)
 
 
-def _stage_outputs(out: Path) -> list[Path]:
+def _stage_outputs(out: Any) -> list[Any]:
     manifest = read_json(out / "manifest.json")
     listed = [out / kind / e["path"] for kind in ("shards", "rejects") for e in manifest.get(kind, [])]
     return [*listed, out / "manifest.json", out / "stats.json"]
 
 
 def remove_work(out_dir: str | Path) -> None:
-    """Delete a stage's `_work/` (intermediate files and task records)."""
-    shutil.rmtree(Path(out_dir) / WORK_DIR, ignore_errors=True)
+    """Delete a stage's `_work/` (intermediate files and task records; `work_dir`)."""
+    shutil.rmtree(work_dir(out_dir), ignore_errors=True)
+
+
+def restart(out_dir: str | Path) -> None:
+    """Delete a stage's outputs and its work folder (`--restart`), on any store."""
+    remove_tree(work_dir(out_dir))
+    remove_tree(out_dir)
 
 
 def finish_stage(out_dir: str | Path, fingerprint: Any, keep_work: bool = False) -> None:
     """Write the stage record (after the manifest and stats.json), then remove `_work/` unless kept."""
-    out = Path(out_dir)
+    out = stage_path(out_dir)
     write_json(
         out / STAGE_DONE,
         {"fingerprint": fingerprint, "outputs": output_fingerprints(out, *_stage_outputs(out))},
@@ -85,7 +109,7 @@ def finish_stage(out_dir: str | Path, fingerprint: Any, keep_work: bool = False)
 def finished_stage(out_dir: str | Path, fingerprint: Any, keep_work: bool = False) -> dict | None:
     """The stats of a stage that finished with `fingerprint` and whose outputs are intact (its
     `_work/` removed unless kept, as a run killed after its record would have); None: run it."""
-    out = Path(out_dir)
+    out = stage_path(out_dir)
     if load_done(out, out / STAGE_DONE, fingerprint) is None:
         return None
     if not keep_work:

@@ -3,7 +3,7 @@ renamed into place survives a power cut (its data and the rename are fsynced).
 
 with atomic_path("out/x.parquet") as tmp:   # write tmp; fsynced and renamed over the target on success
     ...
-write_json("out/manifest.json", obj); read_json("out/manifest.json")
+write_json("out/manifest.json", obj); read_json("s3://bucket/out/manifest.json")   # any store
 sizes = io_map(lambda p: p.stat().st_size, paths)   # I/O-bound calls on a thread pool, in order
 """
 
@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
+
+from pretrain.core.storage import is_remote, stage_path, upload
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -50,7 +52,19 @@ def fsync_dir(path: str | Path) -> None:
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; if the block succeeds, fsync it, rename it over
-    `path` and fsync the folder (so the rename itself is on disk)."""
+    `path` and fsync the folder (so the rename itself is on disk). For `path` on an object store
+    (`s3://...`: no rename there) the temporary file is local and is uploaded to the final name in
+    one request when the block succeeds, so a reader never sees part of it either."""
+    if is_remote(path):
+        fd, tmp = tempfile.mkstemp(prefix=".upload.", suffix=".tmp")
+        os.close(fd)
+        try:
+            yield Path(tmp)
+            upload(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -72,7 +86,13 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    return json.loads(stage_path(path).read_text(encoding="utf-8"))
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """A small text file (config.yaml, summary.md) written like `write_json`, on any store."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def io_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:

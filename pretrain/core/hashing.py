@@ -2,6 +2,7 @@
 
 sha256_file("runs/data/shards/a.parquet")       # hex digest, streamed in 1 MiB chunks
 file_fingerprint("raw/web.jsonl")               # size, mtime and a sampled sha256 (reads <= 3 MiB)
+file_fingerprint("s3://b/raw/web.jsonl")        # size, last-modified and the ETag (one HEAD request)
 fingerprint_matches("raw/web.jsonl", recorded)  # the check a resume makes, stat first
 json_digest({"seed": 0, "files": [...]})        # sha256 of the canonical JSON (sorted keys)
 """
@@ -10,14 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from pretrain.core.storage import is_remote, open_binary, stat
 
 
 def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_binary(path) as f:
         while chunk := f.read(chunk_bytes):
             h.update(chunk)
     return h.hexdigest()
@@ -36,7 +38,7 @@ def sampled_sha256(path: str | Path, size: int, sample_bytes: int = SAMPLE_BYTES
     when it is at most three windows): catches a file rewritten in place at the same size and
     mtime, for a read of at most 3 MiB whatever the file's size."""
     h = hashlib.sha256(size.to_bytes(8, "little"))
-    with open(path, "rb") as f:
+    with open_binary(path) as f:
         if size <= 3 * sample_bytes:
             while chunk := f.read(sample_bytes):
                 h.update(chunk)
@@ -49,28 +51,26 @@ def sampled_sha256(path: str | Path, size: int, sample_bytes: int = SAMPLE_BYTES
 
 def file_fingerprint(path: str | Path) -> dict[str, Any]:
     """Cheap identity of a file, kept in done records to decide whether work must be redone:
-    size, mtime and `sampled_sha256`."""
-    st = os.stat(path)
-    return {
-        "size": st.st_size,
-        "mtime_ns": st.st_mtime_ns,
-        "sample_sha256": sampled_sha256(path, st.st_size),
-    }
+    size, mtime and `sampled_sha256`. On an object store: size, last-modified time and the store's
+    ETag (its own digest of the content, from the same request as the size, so nothing is read)."""
+    st = stat(path)
+    if is_remote(path):
+        return st
+    return {**st, "sample_sha256": sampled_sha256(path, st["size"])}
 
 
 def fingerprint_matches(path: str | Path, recorded: Any) -> bool:
     """Whether `path` still has the `file_fingerprint` recorded; a missing file or another size or
-    mtime answers from one stat, without reading the file."""
+    mtime (or ETag) answers from one stat, without reading the file."""
     try:
-        st = os.stat(path)
+        st = stat(path)
     except OSError:
         return False
-    if not isinstance(recorded, dict) or (st.st_size, st.st_mtime_ns) != (
-        recorded.get("size"),
-        recorded.get("mtime_ns"),
-    ):
+    if not isinstance(recorded, dict) or any(recorded.get(k) != v for k, v in st.items()):
         return False
+    if is_remote(path):
+        return True
     try:
-        return sampled_sha256(path, st.st_size) == recorded.get("sample_sha256")
+        return sampled_sha256(path, st["size"]) == recorded.get("sample_sha256")
     except OSError:
         return False

@@ -26,6 +26,7 @@ from typing import Any
 from pretrain.core.config import check
 from pretrain.core.memory import MemoryGuard, TaskOutOfMemory
 from pretrain.core.progress import Progress
+from pretrain.core.storage import store_env
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +107,13 @@ def ensure_ray(ray_cfg: RayConfig) -> None:
 
     if ray.is_initialized():
         return
+    # Workers reach the same object stores as the driver (endpoint, credentials, work root).
+    env_vars = {k: v for k, v in os.environ.items() if k.startswith("DATA_PIPELINE_")} | store_env()
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(
+            address=address, log_to_driver=True, runtime_env={"env_vars": env_vars} if env_vars else None
+        )
         return
-    env_vars = {k: v for k, v in os.environ.items() if k.startswith("DATA_PIPELINE_")}
     spill = {"object_spilling_directory": ray_cfg.spill_dir} if ray_cfg.spill_dir else {}
     ray.init(
         address="local",

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from pretrain.core.files import atomic_path, read_json, write_json
 from pretrain.core.hashing import sha256_file
+from pretrain.core.storage import exists, find_files, is_remote, open_binary, remove, stage_path
 
 DOC_SCHEMA = pa.schema(
     [
@@ -47,7 +48,7 @@ class ShardWriter:
     """Streams record batches into one Parquet file atomically (row group per write)."""
 
     def __init__(self, path: str | Path, schema: pa.Schema = DOC_SCHEMA):
-        self.path = Path(path)
+        self.path = stage_path(path)
         self.schema = schema
         self.num_rows = 0
         self._ctx = atomic_path(self.path)
@@ -64,15 +65,17 @@ class ShardWriter:
             self.num_rows += table.num_rows
 
     def close(self) -> dict[str, Any]:
-        """Finish the file and return its manifest entry (rows, bytes, sha256)."""
+        """Finish the file and return its manifest entry (rows, bytes, sha256: of the finished
+        temporary file, before it is renamed or uploaded, so an object store is not read back)."""
         self._writer.close()
-        self._ctx.__exit__(None, None, None)
-        return {
+        entry = {
             "path": self.path.name,
             "rows": self.num_rows,
-            "bytes": self.path.stat().st_size,
-            "sha256": sha256_file(self.path),
+            "bytes": self._tmp.stat().st_size,
+            "sha256": sha256_file(self._tmp),
         }
+        self._ctx.__exit__(None, None, None)
+        return entry
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
@@ -91,28 +94,37 @@ class ShardWriter:
 
 
 def write_table(path: str | Path, table: pa.Table, schema: pa.Schema | None = None) -> dict[str, Any]:
-    with ShardWriter(path, schema or table.schema) as w:
+    w = ShardWriter(path, schema or table.schema)
+    try:
         w.write_table(table)
-    return {
-        "path": Path(path).name,
-        "rows": w.num_rows,
-        "bytes": Path(path).stat().st_size,
-        "sha256": sha256_file(path),
-    }
+    except BaseException:
+        w.abort()
+        raise
+    return w.close()
 
 
 def iter_batches(
     path: str | Path, batch_rows: int = 1024, columns: list[str] | None = None
 ) -> Iterator[pa.RecordBatch]:
     try:
-        pf = pq.ParquetFile(path)
+        pf = parquet_file(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise ValueError(f"cannot read Parquet shard {path}: {e}") from None
     yield from pf.iter_batches(batch_size=batch_rows, columns=columns)
 
 
+def parquet_file(path: str | Path) -> pq.ParquetFile:
+    """A Parquet file on a local disk (memory-mapped) or an object store (read by ranges)."""
+    if is_remote(path):
+        return pq.ParquetFile(open_binary(path))
+    return pq.ParquetFile(path, memory_map=False)
+
+
 def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
     try:
+        if is_remote(path):
+            with open_binary(path) as f:
+                return pq.read_table(f, columns=columns)
         return pq.read_table(path, columns=columns)
     except (pa.ArrowInvalid, OSError) as e:
         raise ValueError(f"cannot read Parquet shard {path}: {e}") from None
@@ -120,18 +132,19 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
 
 def list_shards(stage_dir: str | Path, kind: str = "shards") -> list[Path]:
     """Shard files of a stage directory, in the manifest's order when there is a manifest."""
-    stage_dir = Path(stage_dir)
+    stage_dir = stage_path(stage_dir)
     manifest = stage_dir / "manifest.json"
-    if manifest.exists():
+    if exists(manifest):
         entries = read_json(manifest).get(kind, [])
         return [stage_dir / kind / e["path"] for e in entries]
-    return sorted((stage_dir / kind).rglob("*.parquet"))  # with language folders (lang=xx/)
+    # with language folders (lang=xx/)
+    return [p for p in find_files(stage_dir / kind) if p.name.endswith(".parquet")]
 
 
 def shard_relpath(stage_dir: str | Path, path: str | Path, kind: str = "shards") -> str:
-    """A shard's path under stage_dir/kind (`web__part-00000.parquet`, `lang=de/web__part-00000.de.parquet`):
+    """A shard's path under stage_dir/kind (`part-00000.parquet`, `lang=de/part-00003.parquet`):
     what a stage that writes one output per input shard names its output, keeping the folders."""
-    return Path(path).relative_to(Path(stage_dir) / kind).as_posix()
+    return stage_path(path).relative_to(stage_path(stage_dir) / kind).as_posix()
 
 
 def remove_unlisted(
@@ -139,6 +152,13 @@ def remove_unlisted(
 ) -> None:
     """Delete the files under stage_dir/<kind>/ whose path relative to stage_dir is not in `keep`
     (outputs of inputs, or language folders, no longer in the run), then the folders left empty."""
+    if is_remote(stage_dir):  # no folders on an object store: only files to delete
+        base = stage_path(stage_dir)
+        for kind in kinds:
+            for f in find_files(base / kind):
+                if f.relative_to(base).as_posix() not in keep:
+                    remove(f)
+        return
     stage_dir = Path(stage_dir)
     for kind in kinds:
         for f in sorted((stage_dir / kind).rglob("*"), reverse=True):  # files before their folders
@@ -150,11 +170,11 @@ def remove_unlisted(
 
 
 def write_manifest(stage_dir: str | Path, **fields: Any) -> None:
-    write_json(Path(stage_dir) / "manifest.json", {"version": MANIFEST_VERSION, **fields})
+    write_json(stage_path(stage_dir) / "manifest.json", {"version": MANIFEST_VERSION, **fields})
 
 
 def read_manifest(stage_dir: str | Path) -> dict[str, Any]:
-    path = Path(stage_dir) / "manifest.json"
-    if not path.exists():
+    path = stage_path(stage_dir) / "manifest.json"
+    if not exists(path):
         raise FileNotFoundError(f"{path} not found: is {stage_dir} a finished stage directory?")
     return read_json(path)

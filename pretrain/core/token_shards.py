@@ -22,6 +22,7 @@ import pyarrow.ipc as ipc
 
 from pretrain.core.files import atomic_path, read_json, write_json
 from pretrain.core.hashing import sha256_file
+from pretrain.core.storage import exists, is_remote, open_binary, stage_path
 
 TOKEN_SHARD_VERSION = 1
 TOKEN_MANIFEST_VERSION = 1
@@ -71,14 +72,14 @@ def write_token_shard(path: str | Path, docs: Sequence[np.ndarray], vocab_size: 
     with atomic_path(path) as tmp:
         with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, schema) as writer:
             writer.write_batch(batch)  # one batch keeps the token array contiguous in the file
-    path = Path(path)
-    return {
-        "path": path.name,
-        "num_tokens": int(offsets[-1]),
-        "num_docs": len(docs),
-        "bytes": path.stat().st_size,
-        "sha256": sha256_file(path),
-    }
+        entry = {  # of the finished temporary file: an object store is not read back
+            "path": stage_path(path).name,
+            "num_tokens": int(offsets[-1]),
+            "num_docs": len(docs),
+            "bytes": tmp.stat().st_size,
+            "sha256": sha256_file(tmp),
+        }
+    return entry
 
 
 @dataclass(frozen=True)
@@ -103,10 +104,16 @@ class TokenShard:
 
 
 def open_token_shard(path: str | Path) -> TokenShard:
-    """Memory-map a token shard; raise CorruptShardError naming the file when it is unreadable."""
-    path = Path(path)
+    """Memory-map a token shard (one on an object store is read into memory whole); raise
+    CorruptShardError naming the file when it is unreadable."""
+    path = stage_path(path)
     try:
-        reader = ipc.open_file(pa.memory_map(str(path), "r"))
+        if is_remote(path):
+            with open_binary(path) as f:
+                source = pa.BufferReader(f.read())
+        else:
+            source = pa.memory_map(str(path), "r")
+        reader = ipc.open_file(source)
         if reader.num_record_batches != 1:
             raise ValueError(f"expected 1 record batch, found {reader.num_record_batches}")
         batch = reader.get_batch(0)
@@ -157,7 +164,7 @@ def write_token_manifest(
         "shards": entries,
         **extra,
     }
-    write_json(Path(out_dir) / "manifest.json", manifest)
+    write_json(stage_path(out_dir) / "manifest.json", manifest)
     return manifest
 
 
@@ -186,14 +193,14 @@ class TokenManifest:
 
 
 def read_token_manifest(out_dir: str | Path) -> TokenManifest:
-    path = Path(out_dir) / "manifest.json"
-    if not path.exists():
+    path = stage_path(out_dir) / "manifest.json"
+    if not exists(path):
         raise FileNotFoundError(f"{path} not found: is {out_dir} a token-shard directory?")
     raw = read_json(path)
     if raw.get("kind") != "token_shards" or "tokenizer_hash" not in raw:
         raise ValueError(f"{path} is not a token-shard manifest (kind={raw.get('kind')!r})")
     return TokenManifest(
-        root=Path(out_dir),
+        root=stage_path(out_dir),
         tokenizer_hash=raw["tokenizer_hash"],
         shards=list(raw["shards"]),
         sources=dict(raw["sources"]),
