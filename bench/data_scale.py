@@ -7,7 +7,10 @@
 Per size: short documents (~430 bytes, 5% planted copies, half exact and half with one word
 deleted: `data_pipeline.corpus.short_docs`) in JSONL files of 1,000 documents; then exact dedup
 (`pretrain data run` with every per-document stage off) and MinHash dedup over its output, each in
-a fresh subprocess with its own local Ray (2 CPUs, loopback), timed after Ray has started. Step
+a fresh subprocess with its own local Ray (2 CPUs, loopback), timed after Ray has started. Both
+stages pack their output into parts of `--target-shard-mb` (16 MiB by default rather than the
+product's 256 MiB, so that both sizes give several parts of the same size: 10x the data is 10x the
+parts, and a MinHash task, one per part, does the same work at both sizes). Step
 times come from the done records each step writes last (the latest mtime of a step ends it). The
 parent polls /proc every 0.2 s: the driver's RSS (the subprocess) and each Ray worker's (the
 largest is the largest task's peak, an upper bound: a reused worker keeps what it freed).
@@ -45,6 +48,7 @@ EXACT_STEPS = {
     "exact_dedup": "dups/q=*.done.json",
     "dup_lists": "dup_lists/q=*.done.json",
     "finalize": "final/*.done.json",
+    "pack": "pack/*.done.json",
 }
 MINHASH_STEPS = {
     "signatures": "minhash/sig/*.done.json",
@@ -56,6 +60,7 @@ MINHASH_STEPS = {
     "survivors": "minhash/removed/*.done.json",
     "removal_lists": "minhash/lists/*.done.json",
     "finalize": "minhash/final/*.done.json",
+    "pack": "minhash/pack/*.done.json",
 }
 
 
@@ -91,14 +96,15 @@ def step_times(work: Path, steps: dict[str, str], wall0: float, end: float) -> d
     return times
 
 
-def run_child(stage: str, input_path: str, output_dir: str, budget_mb: int | None) -> None:
+def run_child(stage: str, input_path: str, output_dir: str, budget_mb: int | None, shard_mb: float) -> None:
     """In the subprocess: start local Ray, then time one stage alone; print one JSON line."""
     from data_pipeline.config import STAGE_ORDER, load_pipeline_config  # project code, after sys.path
     from data_pipeline.executor import run_pipeline  # project code, after sys.path
     from data_pipeline.minhash.dedup import load_minhash_config, run_minhash_dedup  # project code
     from pretrain.core.runner import ensure_ray  # project code, after sys.path
 
-    common = [f"output_dir={output_dir}", "progress=false", f"ray.num_cpus={NUM_CPUS}", "keep_work=true"]
+    common = [f"output_dir={output_dir}", "progress=false", f"ray.num_cpus={NUM_CPUS}", "keep_work=true",
+              f"target_shard_bytes={int(shard_mb * 2**20)}"]  # fmt: skip
     if budget_mb:
         common.append(f"ray.task_memory_mb={budget_mb}")
     if stage == "exact":
@@ -144,10 +150,10 @@ def _is_worker(pid: int) -> bool:
     return cmd.startswith(b"ray::") or b"default_worker.py" in cmd
 
 
-def run_stage(stage: str, inp: Path, out: Path, budget_mb: int | None) -> dict:
+def run_stage(stage: str, inp: Path, out: Path, budget_mb: int | None, shard_mb: float) -> dict:
     """One stage in a fresh subprocess, polling the driver's and every worker's RSS."""
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    cmd = [sys.executable, __file__, "--child", stage, str(inp), str(out), str(budget_mb or 0)]
+    cmd = [sys.executable, __file__, "--child", stage, str(inp), str(out), str(budget_mb or 0), str(shard_mb)]
     child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
     driver = task = 0
     while child.poll() is None:
@@ -167,15 +173,15 @@ def run_stage(stage: str, inp: Path, out: Path, budget_mb: int | None) -> dict:
     }
 
 
-def run_size(num_docs: int, seed: int, tmp: Path, budget_mb: int | None) -> dict:
+def run_size(num_docs: int, seed: int, tmp: Path, budget_mb: int | None, shard_mb: float) -> dict:
     t0 = time.perf_counter()
     raw = tmp / f"raw-{num_docs}"
     num_bytes = write_corpus(raw, num_docs, seed)
     gen_s = time.perf_counter() - t0
     exact_out, minhash_out = tmp / f"exact-{num_docs}", tmp / f"minhash-{num_docs}"
-    exact = run_stage("exact", raw, exact_out, budget_mb)
+    exact = run_stage("exact", raw, exact_out, budget_mb, shard_mb)
     shutil.rmtree(raw)
-    minhash = run_stage("minhash", exact_out, minhash_out, budget_mb)
+    minhash = run_stage("minhash", exact_out, minhash_out, budget_mb, shard_mb)
     shutil.rmtree(exact_out, ignore_errors=True)
     shutil.rmtree(minhash_out, ignore_errors=True)
     return {
@@ -225,11 +231,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--budget-mb", type=int, default=None, help="ray.task_memory_mb (default: per CPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tmp", default=None, help="where the corpora and outputs go (default: a temp dir)")
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--target-shard-mb",
+        type=float,
+        default=16.0,
+        help="target_shard_bytes of both stages in MiB (default 16: several parts at both sizes, so a "
+        "part, and so a MinHash task, has the same size at both)",
+    )
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        stage, inp, out, budget = args.child
-        run_child(stage, inp, out, int(budget) or None)
+        stage, inp, out, budget, shard_mb = args.child
+        run_child(stage, inp, out, int(budget) or None, float(shard_mb))
         return {}
     sizes = list(QUICK_SIZES) if args.quick else [int(x) for x in args.sizes.split(",") if x]
     if len(sizes) != 2:
@@ -238,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench-data-scale-", dir=args.tmp) as tmp:
         for n in sizes:
-            runs.append(run_size(n, args.seed, Path(tmp), args.budget_mb))
+            runs.append(run_size(n, args.seed, Path(tmp), args.budget_mb, args.target_shard_mb))
             r = runs[-1]
             for stage in ("exact", "minhash"):
                 s = r[stage]
@@ -252,6 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
         "bench": "data_scale",
         "sizes": sizes,
         "budget_mb": args.budget_mb,
+        "target_shard_mb": args.target_shard_mb,
         **growth(runs[0], runs[1]),
         "runs": runs,
         "targets": TARGETS,

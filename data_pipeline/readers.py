@@ -74,10 +74,11 @@ class InputConfig:
     """Extra record fields copied into metadata."""
     unit_bytes: int = 64 << 20
     """Input bytes of one task (a work unit), about. A larger file is split into parts of about
-    this size (uncompressed JSONL at line boundaries, Parquet at row groups; .gz/.zst JSONL, WARC
-    and .txt folders stay whole), each with its own output shard (`<name>@00001.parquet`); smaller
-    files are grouped into tasks of up to this size, each keeping its own shard. Ids stay
-    positional (`relpath:line`) whatever the split (`data_pipeline.units`)."""
+    this size (uncompressed JSONL at line boundaries, Parquet at row groups, WARC at records;
+    .gz/.zst JSONL, one-member .warc.gz and .txt folders stay whole), each with its own output
+    shard (`<name>@00001.parquet`); smaller files are grouped into tasks of up to this size, each
+    keeping its own shard. Ids stay positional (`relpath:line`, `relpath#k`) whatever the split
+    (`data_pipeline.units`)."""
 
     def __post_init__(self) -> None:
         check(
@@ -101,11 +102,12 @@ class InputUnit:
     part: int | None = None
     """Index of this part of a split file; None: the whole file."""
     start: int = 0
-    """First byte (JSONL) or row group (Parquet) of the part."""
+    """First byte (JSONL, WARC) or row group (Parquet) of the part."""
     end: int = -1
     """End (exclusive) byte or row group of the part; -1: the end of the file."""
     first_record: int = 0
-    """Records of the file before the part: lines (JSONL, blank ones too) or rows (Parquet)."""
+    """Records of the file before the part: lines (JSONL, blank ones too), rows (Parquet) or
+    response records (WARC)."""
     num_bytes: int = 0
     """Input bytes of the unit (0: not measured yet)."""
 
@@ -122,7 +124,7 @@ class InputUnit:
         """The unit in messages: its path, and the part's range."""
         if self.part is None:
             return self.relpath
-        what = "bytes" if self.format == "jsonl" else "row groups"
+        what = "row groups" if self.format in ("parquet", "shards") else "bytes"
         return f"{self.relpath} {what} {self.start}-{self.end}"
 
 
@@ -430,15 +432,37 @@ def read_text_dir(unit: InputUnit, cfg: InputConfig) -> Iterator[tuple[Doc, Reje
             )
 
 
+class _ByteRange:
+    """Bytes [start, end) of an open binary file, read as a whole file: past `end` it is at its
+    end, and `tell` gives offsets in the file (what warcio reads a part of a split WARC through)."""
+
+    def __init__(self, f, start: int, end: int):
+        f.seek(start)
+        self.f, self.pos, self.end = f, start, end
+
+    def tell(self) -> int:
+        return self.pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = self.end - self.pos
+        size = left if size is None or size < 0 else min(size, left)
+        data = self.f.read(size) if size > 0 else b""
+        self.pos += len(data)
+        return data
+
+
 def read_warc(unit: InputUnit, cfg: InputConfig) -> Iterator[tuple[Doc, Reject | None]]:
+    """Docs from the HTML responses of a WARC file, or of the records of a part of one (it starts
+    at a record, `units.split_units`, and its responses are numbered from `first_record`)."""
     import trafilatura  # heavy (lxml, ~0.5 s); only WARC inputs need it
     from warcio.archiveiterator import ArchiveIterator  # [data] extra, only for WARC inputs
 
     source = cfg.source or _default_source(unit.relpath)
-    k = 0
+    k = unit.first_record
     try:
         with open_binary(unit.path) as f:
-            for record in ArchiveIterator(f):
+            stream = f if unit.part is None else _ByteRange(f, unit.start, unit.end)
+            for record in ArchiveIterator(stream):
                 if record.rec_type != "response":
                     continue
                 doc_id = f"{unit.relpath}#{k}"
@@ -465,7 +489,10 @@ def read_warc(unit: InputUnit, cfg: InputConfig) -> Iterator[tuple[Doc, Reject |
                     continue
                 yield Doc(doc_id, text, source, url, meta), None
     except Exception as e:  # noqa: BLE001 - warcio raises assorted errors on corrupt archives
-        raise InputError(f"cannot read {unit.path} after {k} responses: {type(e).__name__}: {e}") from None
+        part = "" if unit.part is None else f" (bytes {unit.start}-{unit.end})"
+        raise InputError(
+            f"cannot read {unit.path}{part} after {k} responses: {type(e).__name__}: {e}"
+        ) from None
 
 
 def read_unit(

@@ -441,9 +441,9 @@ def filter_unit(
 
 
 def unit_range(unit: InputUnit) -> dict[str, int]:
-    """What a part's done record and manifest entry say of its range: bytes (JSONL) or row groups
-    (Parquet), and the records of the file before it."""
-    kind = "bytes" if unit.format == "jsonl" else "row_groups"
+    """What a part's done record and manifest entry say of its range: bytes (JSONL, WARC) or row
+    groups (Parquet), and the records of the file before it."""
+    kind = "row_groups" if unit.format in ("parquet", "shards") else "bytes"
     return {"index": unit.part, kind: [unit.start, unit.end], "records_before": unit.first_record}
 
 

@@ -9,8 +9,12 @@ number of workers. An uncompressed JSONL file larger than `unit_bytes` is cut at
 start after each multiple of size/n (n = ceil(size / unit_bytes)), and each part learns how many
 lines come before it (one read of the file, here in the driver, on a thread per file), so its
 ids are the `relpath:line` the whole file gives. A Parquet file is cut between row groups
-(their rows before it come from the footer). Compressed JSONL, WARC and folders of .txt files
-cannot be entered in the middle and stay whole.
+(their rows before it come from the footer). A WARC file is cut at the first record start after
+each multiple of size/n (for .warc.gz, a record is a gzip member of its own); one pass over its
+records, here in the driver on the same threads, finds their offsets and counts the responses
+before each part, so its ids are the `relpath#k` the whole file gives. Compressed JSONL, a gzip
+WARC that is one member (or that warcio cannot walk) and folders of .txt files cannot be entered
+in the middle and stay whole.
 
 `group_units` only schedules: consecutive parts up to a target size run as one task (a million
 small files are not a million tasks), and the largest tasks go first, so no worker waits at the
@@ -19,6 +23,7 @@ end on one big one. Done records stay per part, so the grouping may differ betwe
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 
@@ -53,6 +58,8 @@ def _split(unit: InputUnit, unit_bytes: int) -> list[InputUnit]:
         ranges = _jsonl_ranges(unit.path, unit.num_bytes, unit_bytes)
     elif unit.format in ("parquet", "shards"):
         ranges = _parquet_ranges(unit.path, unit_bytes)
+    elif unit.format == "warc":
+        ranges = _warc_ranges(unit.path, unit.num_bytes, unit_bytes)
     else:
         return [unit]
     if len(ranges) <= 1:
@@ -118,6 +125,44 @@ def _parquet_ranges(path: str, unit_bytes: int) -> list[tuple[int, int, int, int
         part_rows += rg.num_rows
     ranges.append((start, meta.num_row_groups, rows, part_bytes))
     return ranges
+
+
+def _warc_record_starts(path: str) -> list[tuple[int, int]]:
+    """(byte offset, responses before it) of each record of a WARC file: one pass over its records
+    (decompressing a .warc.gz), not parsing their HTTP headers. Empty when the records cannot be
+    entered one by one: a .gz that holds several records in one gzip member (warcio refuses it),
+    or a file warcio cannot walk (the task that reads it whole then names the error)."""
+    from warcio.archiveiterator import ArchiveIterator  # [data] extra, only for WARC inputs
+
+    starts: list[tuple[int, int]] = []
+    responses = 0
+    try:
+        with open_binary(path) as f:
+            records = ArchiveIterator(f, no_record_parse=True)
+            for record in records:
+                starts.append((records.get_record_offset(), responses))  # reads to the record's end
+                responses += record.rec_type == "response"
+    except OSError:
+        raise  # the file itself cannot be read: as for JSONL, the run names it here
+    except Exception:  # noqa: BLE001 - warcio raises assorted errors on a corrupt or one-member archive
+        return []
+    return starts
+
+
+def _warc_ranges(path: str, size: int, unit_bytes: int) -> list[tuple[int, int, int, int]]:
+    """(start byte, end byte, responses before, bytes) of each part of a WARC file, cut at the first
+    record start at or after each multiple of size/n."""
+    starts = _warc_record_starts(path)
+    if len(starts) <= 1:
+        return []
+    offsets = [o for o, _ in starts]
+    before = dict(starts)
+    n = math.ceil(size / unit_bytes)
+    cuts = {
+        offsets[i] for k in range(1, n) if (i := bisect.bisect_left(offsets, k * size // n)) < len(offsets)
+    }
+    bounds = [0, *sorted(cuts - {0, size}), size]
+    return [(a, b, before.get(a, 0), b - a) for a, b in zip(bounds, bounds[1:])]
 
 
 def group_target_bytes(units: list[InputUnit], unit_bytes: int, num_cpus: int) -> int:

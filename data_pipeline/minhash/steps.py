@@ -5,7 +5,8 @@ goes through sorted runs (`data_pipeline.shuffle`): a map task writes one run, a
 key range of every run in chunks its memory budget holds, and the number of reducers of each step
 is chosen by the driver from the rows of that step's input.
 1. `signature_shard`: MinHash signatures of one shard (kept as .npy for verification), its nodes'
-   ids and quality scores, and its band buckets as one run keyed by the bucket key.
+   ids and quality scores, and its band buckets as one run keyed by the bucket key; the shard is
+   read by record batches, so only the band run grows with it.
 2. `candidate_partition`: documents sharing a bucket become candidate edges (star to the bucket's
    first member plus a chain through the members: linear in bucket size, connects all of them),
    one run per chunk keyed by the shard of the pair's `src` node, then a hash of the pair
@@ -45,7 +46,8 @@ from data_pipeline.shuffle import RunSet, chunk_rows, key_range, mix64, write_ru
 from data_pipeline.tasks import RejectTally, filter_unit
 from pretrain.core.done import output_fingerprints
 from pretrain.core.files import atomic_path, write_json
-from pretrain.core.shards import read_table, write_table
+from pretrain.core.memory import release_freed_memory
+from pretrain.core.shards import ShardWriter, parquet_file, write_table
 from pretrain.core.storage import stage_path, stat, work_dir
 
 LAYOUT_VERSION = 4  # bump when a step's files change shape, so old _work records are not reused
@@ -75,6 +77,15 @@ DST_PAIR_ROW_BYTES = 1200
 MEMBER_ROW_BYTES = 650
 REMOVED_ROW_BYTES = 500
 SIG_BLOCK_ROWS = 16384  # signatures gathered at once (8 MiB at 128 permutations)
+# The signature step reads its shard by batches of about SIG_BATCH_TEXT_BYTES of text, at most
+# SIG_BATCH_ROWS documents (the hasher's own pass), and writes node files NODE_GROUP_ROWS rows at a
+# time (Parquet's default row group: the bytes of one write of the whole table). Its peak grows by
+# 20 bytes per band row while it sorts the band run (340 a document at 17 bands), plus 4 a document
+# and its node rows until written (node, id, score); measured with MemoryGuard on 200k and 880k short
+# documents (a 100 MB shard; 128 permutations): 330 bytes a document over ~100 MiB of fixed costs.
+SIG_BATCH_TEXT_BYTES = 8 << 20
+SIG_BATCH_ROWS = 2048
+NODE_GROUP_ROWS = 1 << 20
 
 
 def node_ids(shard_index: int, num_rows: int) -> np.ndarray:
@@ -98,48 +109,116 @@ def _chunk_path(work: Path, step: str, q: int, c: int, suffix: str = "arrow") ->
     return work / step / f"q={q:05d}.c{c:04d}.{suffix}"
 
 
+def _open_shard(path: str) -> pq.ParquetFile:
+    try:
+        return parquet_file(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ValueError(f"cannot read Parquet shard {path}: {e}") from None
+
+
+def _shard_batches(pf: pq.ParquetFile, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """The shard's record batches, read by sets of consecutive row groups that hold about
+    SIG_BATCH_TEXT_BYTES of text (the footer's uncompressed sizes), in batches of at most
+    SIG_BATCH_ROWS documents and about that much text. One `iter_batches` call per set: a reader
+    keeps every column chunk it pre-buffered until it is done, so one call over the whole file would
+    hold the file's (compressed) columns until the last batch."""
+    md = pf.metadata
+    text = md.schema.names.index("text")
+    groups, rows, size = [], 0, 0
+    for g in range(md.num_row_groups):
+        groups.append(g)
+        rows += md.row_group(g).num_rows
+        size += md.row_group(g).column(text).total_uncompressed_size
+        if size >= SIG_BATCH_TEXT_BYTES or g == md.num_row_groups - 1:
+            batch_rows = max(1, min(SIG_BATCH_ROWS, SIG_BATCH_TEXT_BYTES * rows // max(1, size)))
+            yield from pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=columns)
+            groups, rows, size = [], 0, 0
+
+
 def signature_shard(
     shard_path: str, shard_index: int, cfg, bands: int, rows: int, out_dir: str, fingerprint: Any
 ) -> dict:
+    """The shard read by record batches (`_shard_batches`): each batch's signatures are appended to
+    the .npy (whose header comes first: the footer gives the rows), its ids and quality scores go to
+    the node file (in row groups of NODE_GROUP_ROWS), and its band keys into one array. Only the
+    band run, one sorted file written at the end, is held whole: its key, band and node (18 bytes a
+    band row; 20 while sorting) and 4 bytes per document; never the shard's texts or signatures."""
     t0 = time.perf_counter()
     out = stage_path(out_dir)
     work = work_dir(out) / "minhash"
     name = stage_path(shard_path).stem
-    table = read_table(shard_path, columns=["id", "text", "metadata"])
+    pf = _open_shard(shard_path)
+    num_rows = pf.metadata.num_rows
     hasher = MinHasher(num_perm=cfg.num_perm, seed=cfg.seed, ngram=cfg.ngram, mode=cfg.mode)
-    sigs = hasher.signatures(table.column("text").to_pylist())
+    keys = np.empty(num_rows * bands, np.uint64)  # band keys of the documents with shingles, in order
+    banded = np.empty(num_rows, np.uint32)  # those documents' rows
+    shard_bits = np.int64(shard_index) << np.int64(32)
+    num_banded = num_read = 0
     sig_path = work / "sig" / f"{name}.npy"
-    with atomic_path(sig_path) as tmp, open(tmp, "wb") as f:  # a file object: np.save adds no suffix
-        np.save(f, sigs)
-    nodes = node_ids(shard_index, table.num_rows)
-    scores = [_quality_score(m, cfg.quality_score_field) for m in table.column("metadata").to_pylist()]
     node_path = work / "nodes" / f"{name}.parquet"
-    write_table(
-        node_path, pa.table({"node": nodes, "id": table.column("id"), "score": scores}, schema=NODE_SCHEMA)
-    )
-    # A document without shingles has the all-max "empty" signature: it would share every bucket
-    # with every other such document, so it takes no part in banding (it is never a near-dup).
-    has_shingles = ~(sigs == EMPTY_VALUE).all(axis=1)
-    keys = band_keys(sigs[has_shingles], bands, rows)  # (N', bands) uint64; the band is mixed in
+    header = np.lib.format.header_data_from_array_1_0(np.empty((0, cfg.num_perm), np.uint32))
+    header["shape"] = (int(num_rows), int(cfg.num_perm))
+    with (
+        atomic_path(sig_path) as tmp,
+        open(tmp, "wb") as sig_file,
+        ShardWriter(node_path, NODE_SCHEMA) as node_file,
+    ):
+        np.lib.format.write_array_header_1_0(sig_file, header)  # what np.save writes, then the rows
+        group: list[pa.Table] = []  # node rows not written yet
+        group_rows = 0
+        for batch in _shard_batches(pf, ["id", "text", "metadata"]):
+            n = batch.num_rows
+            sigs = hasher.signatures(batch.column("text").to_pylist())
+            sig_file.write(sigs.data)
+            # A document without shingles has the all-max "empty" signature: it would share every
+            # bucket with every other such document, so it takes no part in banding (never a near-dup).
+            has_shingles = np.flatnonzero(~(sigs == EMPTY_VALUE).all(axis=1))
+            m = len(has_shingles)
+            keys[num_banded * bands : (num_banded + m) * bands] = band_keys(
+                sigs[has_shingles], bands, rows
+            ).ravel()
+            banded[num_banded : num_banded + m] = num_read + has_shingles
+            num_banded += m
+            del sigs
+            meta = batch.column("metadata").to_pylist()
+            scores = np.fromiter((_quality_score(x, cfg.quality_score_field) for x in meta), np.float64, n)
+            nodes = shard_bits | np.arange(num_read, num_read + n, dtype=np.int64)
+            group.append(
+                pa.table({"node": nodes, "id": batch.column("id"), "score": scores}, schema=NODE_SCHEMA)
+            )
+            group_rows += n
+            num_read += n
+            del batch, meta
+            while group_rows >= NODE_GROUP_ROWS:
+                table = pa.concat_tables(group)
+                node_file.write_table(table.slice(0, NODE_GROUP_ROWS))
+                group, group_rows = [table.slice(NODE_GROUP_ROWS)], group_rows - NODE_GROUP_ROWS
+        if group_rows:
+            node_file.write_table(pa.concat_tables(group))
+        del group
+        if num_read != num_rows:
+            raise ValueError(f"Parquet shard {shard_path}: read {num_read} rows, its footer says {num_rows}")
+    # The band run, sorted by key as `write_run` sorts a table (stably: equal keys stay in row, then
+    # band order). A position in `keys` is (index among the banded documents) * bands + band.
+    keys = keys[: num_banded * bands]
+    release_freed_memory()  # the batches' temporaries, before the sort allocates its arrays
+    order = np.argsort(keys, kind="stable")
+    keys.sort()  # in place: the values of keys[order], without a third array
+    band = np.empty(len(order), np.uint16)
+    for i in range(0, len(order), SIG_BLOCK_ROWS):
+        pos = order[i : i + SIG_BLOCK_ROWS]
+        band[i : i + len(pos)] = pos % bands
+        order[i : i + len(pos)] = shard_bits | banded[pos // bands]  # the node ids, in place
     band_path = work / "bands" / f"{name}.arrow"
-    run = write_run(
-        band_path,
-        pa.table(
-            {
-                "key": keys.ravel(),
-                "band": np.broadcast_to(np.arange(bands, dtype=np.uint16), keys.shape).ravel(),
-                "node": np.repeat(nodes[has_shingles], bands),
-            }
-        ),
-        "key",
-    )
+    run = write_run(band_path, pa.table({"key": keys, "band": band, "node": order}), "key")
+    del keys, order, band
     record = {
         "shard": name,
         "fingerprint": fingerprint,
-        "num_in": table.num_rows,
+        "num_in": num_rows,
         "num_band_rows": run["rows"],
         "scheme": hasher.scheme_id,
-        "num_without_shingles": int((~has_shingles).sum()),
+        "num_without_shingles": num_rows - num_banded,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     return _done(out, work / "sig" / f"{name}.done.json", record, sig_path, node_path, band_path)
