@@ -13,7 +13,7 @@ import pytest
 from data_pipeline.corpus.short_docs import sentence_pool, short_docs
 from data_pipeline.groundtruth import read_outputs
 from data_pipeline.shuffle import KEY_SPACE, RunSet, key_range, num_partitions, write_run
-from pretrain.core.shards import DOC_SCHEMA, write_manifest, write_table
+from tests.pipeline_helpers import write_doc_stage
 
 NUM_DOCS = 3000
 NUM_SHARDS = 12
@@ -65,21 +65,7 @@ def corpus(tmp_path_factory):
     docs = short_docs(NUM_DOCS, seed=3, pool=sentence_pool())
     order = np.random.default_rng(3).permutation(NUM_DOCS)  # copies spread over the shards
     inp = tmp_path_factory.mktemp("scale_in")
-    entries = []
-    for s, rows in enumerate(np.array_split(order, NUM_SHARDS)):
-        table = pa.table(
-            {
-                "id": [f"doc{i:05d}" for i in rows],
-                "text": [docs[i] for i in rows],
-                "source": ["s"] * len(rows),
-                "url": pa.nulls(len(rows), pa.string()),
-                "metadata": ["{}"] * len(rows),
-            },
-            schema=DOC_SCHEMA,
-        )
-        entries.append(write_table(inp / "shards" / f"part-{s:05d}.parquet", table))
-    write_manifest(inp, shards=entries)
-    return inp
+    return write_doc_stage(inp, docs, order, NUM_SHARDS)
 
 
 def _minhash(inp, out, *overrides):

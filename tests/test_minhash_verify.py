@@ -14,7 +14,7 @@ import pytest
 
 from data_pipeline.corpus.short_docs import sentence_pool, short_docs
 from data_pipeline.groundtruth import read_outputs
-from pretrain.core.shards import DOC_SCHEMA, write_manifest, write_table
+from tests.pipeline_helpers import write_doc_stage
 
 NUM_DOCS = 2400
 NUM_PARTIAL = 120  # documents that extend another one: Jaccard about 0.5, 0.67 and 0.8 to it
@@ -36,21 +36,7 @@ def corpus(tmp_path_factory):
         docs.append(docs[a] + " " + " ".join(words[: len(words) // (1, 2, 4)[i % 3]]))
     order = rng.permutation(len(docs))
     inp = tmp_path_factory.mktemp("verify_in")
-    entries = []
-    for s, rows in enumerate(np.array_split(order, NUM_SHARDS)):
-        table = pa.table(
-            {
-                "id": [f"doc{i:05d}" for i in rows],
-                "text": [docs[i] for i in rows],
-                "source": ["s"] * len(rows),
-                "url": pa.nulls(len(rows), pa.string()),
-                "metadata": ["{}"] * len(rows),
-            },
-            schema=DOC_SCHEMA,
-        )
-        entries.append(write_table(inp / "shards" / f"part-{s:05d}.parquet", table))
-    write_manifest(inp, shards=entries)
-    return inp
+    return write_doc_stage(inp, docs, order, NUM_SHARDS)
 
 
 def _minhash(inp, out, *overrides):
