@@ -12,8 +12,12 @@ stages pack their output into parts of `--target-shard-mb` (16 MiB by default ra
 product's 256 MiB, so that both sizes give several parts of the same size: 10x the data is 10x the
 parts, and a MinHash task, one per part, does the same work at both sizes). Step
 times come from the done records each step writes last (the latest mtime of a step ends it). The
-parent polls /proc every 0.2 s: the driver's RSS (the subprocess) and each Ray worker's (the
-largest is the largest task's peak, an upper bound: a reused worker keeps what it freed).
+largest task's peak RSS is the highest of the peaks each task's MemoryGuard measured (sampled every
+50 ms inside the task; the runner logs them to $PRETRAIN_TASK_LOG), shown per task function: the
+task's own, which leaves out what its worker's earlier tasks left behind (Ray reuses a worker
+process; what the budget is held to, see pretrain.core.memory), and its process's. The
+parent also polls /proc every 0.2 s: the driver's RSS (the subprocess) and each Ray worker's (the
+largest worker, an upper bound of a task's peak: a reused worker keeps what it freed).
 Finalize's bytes read (each task records the files it read) are compared with the shards it
 rewrites. Last line: one JSON object with "max_step_growth", "minhash_growth",
 "task_rss_growth", "driver_rss_growth", the raw figures per size and the targets.
@@ -45,6 +49,7 @@ TARGETS = {"max_step_growth": 11.0, "minhash_growth": 10.0, "rss_growth": 1.2, "
 # Steps of each stage in order, with the done records that close each.
 EXACT_STEPS = {
     "chain": "chain/*.done.json",
+    "hash_merge": "hash_merge/q=*.done.json",
     "exact_dedup": "dups/q=*.done.json",
     "dup_lists": "dup_lists/q=*.done.json",
     "finalize": "final/*.done.json",
@@ -128,6 +133,7 @@ def run_child(stage: str, input_path: str, output_dir: str, budget_mb: int | Non
         json.dumps(
             {
                 "seconds": round(seconds, 2),
+                "wall0": wall0,
                 "num_in": stats["num_in"],
                 "num_kept": stats["num_kept"],
                 "step_s": step_times(work, steps, wall0, wall0 + seconds),
@@ -152,24 +158,42 @@ def _is_worker(pid: int) -> bool:
 
 def run_stage(stage: str, inp: Path, out: Path, budget_mb: int | None, shard_mb: float) -> dict:
     """One stage in a fresh subprocess, polling the driver's and every worker's RSS."""
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    task_log = out.parent / f"{out.name}.tasks.jsonl"  # each task's peak RSS, from its MemoryGuard
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PRETRAIN_TASK_LOG": str(task_log)}
     cmd = [sys.executable, __file__, "--child", stage, str(inp), str(out), str(budget_mb or 0), str(shard_mb)]
     child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
     driver = task = 0
+    task_at = time.time()
     while child.poll() is None:
         driver = max(driver, rss(child.pid))
         for pid in descendants(child.pid):
-            if pid != child.pid and _is_worker(pid):
-                task = max(task, rss(pid))
+            if pid != child.pid and _is_worker(pid) and (r := rss(pid)) > task:
+                task, task_at = r, time.time()
         time.sleep(RSS_POLL_S)
     stdout = child.stdout.read()
     if child.returncode:
         raise RuntimeError(f"{stage} on {inp} failed (exit {child.returncode})")
     res = json.loads(stdout.strip().splitlines()[-1])
+    peak_step, end = "start", res["wall0"]  # the step running when the largest worker RSS was seen
+    for name, sec in res["step_s"].items():
+        if task_at > end:
+            peak_step = name
+        end += sec
+    by_task: dict[str, float] = {}  # a task's own peak: less what its worker's earlier tasks left
+    process: dict[str, float] = {}  # the worker process's peak while the task ran
+    for line in task_log.read_text().splitlines():
+        t = json.loads(line)
+        by_task[t["task"]] = max(by_task.get(t["task"], 0), round(t["task_rss_bytes"] / 2**20, 1))
+        process[t["task"]] = max(process.get(t["task"], 0), round(t["peak_rss_bytes"] / 2**20, 1))
     return {
         **res,
         "driver_peak_rss_mib": round(driver / 2**20, 1),
-        "task_peak_rss_mib": round(task / 2**20, 1),
+        "task_peak_rss_mib": max(by_task.values()),
+        "task_peak_rss_mib_by_task": by_task,
+        "process_peak_rss_mib": max(process.values()),
+        "process_peak_rss_mib_by_task": process,
+        "worker_peak_rss_mib": round(task / 2**20, 1),
+        "worker_peak_step": peak_step,
     }
 
 
@@ -204,6 +228,9 @@ def growth(small: dict, large: dict) -> dict:
     task = max(large[s]["task_peak_rss_mib"] for s in ("exact", "minhash")) / max(
         small[s]["task_peak_rss_mib"] for s in ("exact", "minhash")
     )
+    process = max(large[s]["process_peak_rss_mib"] for s in ("exact", "minhash")) / max(
+        small[s]["process_peak_rss_mib"] for s in ("exact", "minhash")
+    )
     driver = max(large[s]["driver_peak_rss_mib"] for s in ("exact", "minhash")) / max(
         small[s]["driver_peak_rss_mib"] for s in ("exact", "minhash")
     )
@@ -219,6 +246,7 @@ def growth(small: dict, large: dict) -> dict:
         "minhash_growth": round(large["minhash"]["seconds"] / small["minhash"]["seconds"], 2),
         "exact_growth": round(large["exact"]["seconds"] / small["exact"]["seconds"], 2),
         "task_rss_growth": round(task, 3),
+        "process_rss_growth": round(process, 3),
         "driver_rss_growth": round(driver, 3),
         "finalize_read_ratio": round(read_ratio, 4),
     }
@@ -257,10 +285,16 @@ def main(argv: list[str] | None = None) -> dict:
                 s = r[stage]
                 print(
                     f"{n:>9,} docs {stage:>7}: {s['seconds']:7.1f} s  driver {s['driver_peak_rss_mib']:7.1f} MiB  "
-                    f"largest task {s['task_peak_rss_mib']:7.1f} MiB  finalize read "
+                    f"largest task {s['task_peak_rss_mib']:7.1f} MiB (its process {s['process_peak_rss_mib']:.1f}, "
+                    f"largest worker {s['worker_peak_rss_mib']:.1f} in {s['worker_peak_step']})  finalize read "
                     f"{s['finalize_bytes_read'] / 2**20:,.1f} MiB of {s['finalize_bytes_rewritten'] / 2**20:,.1f} MiB"
                 )
                 print("    " + "  ".join(f"{k} {v}" for k, v in s["step_s"].items()))
+                for label, key in (
+                    ("task peak MiB", "task_peak_rss_mib_by_task"),
+                    ("process MiB", "process_peak_rss_mib_by_task"),
+                ):
+                    print(f"    {label:<14}" + "  ".join(f"{k} {v}" for k, v in s[key].items()))
     results = {
         "bench": "data_scale",
         "sizes": sizes,

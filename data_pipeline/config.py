@@ -73,9 +73,9 @@ class ExactDedupConfig:
     """Reducers of the hash shuffle, each deduplicating one range of hashes; null: derived from the
     number of kept documents and the task memory budget (`ray.task_memory_mb`). Measured here, a
     reducer's peak memory is 282 bytes per document (`tasks.HASH_ROW_BYTES` = 300: 200,000
-    documents take 56 MiB and 0.15 s), so each reducer gets at most 256 MiB of rows (about 900,000
+    documents take 56 MiB and 0.15 s), so each reducer gets at most 64 MiB of rows (about 224,000
     documents), or half the budget when that is less, and reads its range in chunks that fit what
-    is left of its budget (`data_pipeline.shuffle`): 2 reducers for a million documents, 1,118 for
+    is left of its budget (`data_pipeline.shuffle`): 5 reducers for a million documents, 4,471 for
     a billion."""
 
     def __post_init__(self) -> None:

@@ -4,7 +4,8 @@
     stats = run_pipeline(load_pipeline_config("configs/data_tiny.yaml"))
 
 Phases: chain (per input unit: a file, or a part of a large one; small ones grouped into one task,
-see `data_pipeline.units`) -> exact dedup per range of hashes -> duplicate lists per range of units
+see `data_pipeline.units`) -> hash runs of consecutive units merged (when there are many) -> exact
+dedup per range of hashes -> duplicate lists per range of units
 (both sized from their input: `data_pipeline.shuffle`) -> finalize (per unit, reading its own
 list, into `_work/final/`) -> pack (the units' shards cut into `shards/part-NNNNN.parquet` of about
 `target_shard_bytes`: `data_pipeline.pack`) -> manifest, stats, summary. Every task writes its
@@ -17,6 +18,7 @@ config then does nothing.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from collections import Counter, defaultdict
@@ -28,15 +30,22 @@ from data_pipeline.config import PipelineConfig
 from data_pipeline.pack import PackSource, pack_shards
 from data_pipeline.quality_classifier import REPORT_FILE
 from data_pipeline.readers import InputUnit, SkippedFile, format_skipped, scan_inputs, unit_fingerprints
-from data_pipeline.shuffle import DEFAULT_TASK_BUDGET_BYTES, num_partitions, unit_ranges
+from data_pipeline.shuffle import (
+    DEFAULT_TASK_BUDGET_BYTES,
+    merge_groups,
+    num_partitions,
+    unit_ranges,
+    whole_piece,
+)
 from data_pipeline.summary import write_summary
 from data_pipeline.tasks import (
     DUP_ROW_BYTES,
     HASH_ROW_BYTES,
-    add_examples,
     dedup_partition,
     dup_lists,
     finalize_units,
+    hash_run_path,
+    merge_hashes,
     run_chain,
     unit_range,
 )
@@ -52,6 +61,9 @@ from pretrain.core.storage import stage_path, work_dir
 log = logging.getLogger(__name__)
 
 
+CHAIN_KEEP = ("fingerprint", "num_kept", "num_hash_rows", "rejects")  # of a chain record, for later steps
+FINAL_KEEP = ("shards", "rejects")
+LOAD_BATCH = 1024  # done records read at once on a resume
 FINAL_LAYOUT = 2  # finalize writes its shards into _work/final/ for the pack phase (1: into shards/)
 RUN_ONLY_FIELDS = ("ray", "progress", "output_dir", "keep_work", "input_dir")
 """Config fields that say where and how a stage runs, not what it writes: not in its fingerprint."""
@@ -91,7 +103,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         {"input": file_fp[u.path], "part": None if u.part is None else unit_range(u), "config": chain_id}
         for u in units
     ]
-    chain = _run_units(cfg, out, "chain", "chain", run_chain, units, fps, progress)
+    stats_fold = StatsFold(cfg, [u.stem for u in units])
+    chain = _run_units(cfg, out, "chain", "chain", run_chain, units, fps, progress, stats_fold.chain)
 
     # Phase 2: exact dedup per hash partition (depends on every chain output).
     dedup_fp = config_hash(
@@ -100,12 +113,21 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     if cfg.exact_dedup.enabled:  # reducers sized by the hashes the chain kept and the task budget
         ensure_ray(cfg.ray)
         budget = task_memory_bytes(cfg.ray) or DEFAULT_TASK_BUDGET_BYTES
-        num_hashes = sum(chain[n]["num_hash_rows"] for n in names)
-        Q = num_partitions(num_hashes, HASH_ROW_BYTES, budget, cfg.exact_dedup.num_partitions)
-        dedup_fp = config_hash([dedup_fp, Q])
+        rows = [chain[n]["num_hash_rows"] for n in names]
+        groups = merge_groups(rows, HASH_ROW_BYTES)  # many small runs -> pieces by key range
+        merge_fp = config_hash([dedup_fp, groups])
+        merged = _run_reducers(
+            cfg, out, progress, "hash_merge", merge_hashes, "hash_merge",
+            [(m, names[a:b], budget, str(out), merge_fp) for m, (a, b) in enumerate(groups) if b - a > 1],
+            merge_fp,
+        )  # fmt: skip
+        pieces = [p for rec in merged for p in rec["pieces"]]
+        pieces += [whole_piece(str(hash_run_path(out, names[a]))) for a, b in groups if b - a == 1]
+        Q = num_partitions(sum(rows), HASH_ROW_BYTES, budget, cfg.exact_dedup.num_partitions)
+        dedup_fp = config_hash([merge_fp, Q])
         dups = _run_reducers(
             cfg, out, progress, "exact_dedup", dedup_partition, "dups",
-            [(q, Q, names, budget, str(out), dedup_fp) for q in range(Q)], dedup_fp,
+            [(q, Q, names, pieces, budget, str(out), dedup_fp) for q in range(Q)], dedup_fp,
         )  # fmt: skip
         ranges = unit_ranges(
             len(names), num_partitions(sum(r["num_dups"] for r in dups), DUP_ROW_BYTES, budget, None)
@@ -122,7 +144,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         config_hash([dedup_fp, chain[n]["fingerprint"], cfg.partition_by_language, FINAL_LAYOUT])
         for n in names
     ]
-    final = _run_units(cfg, out, "finalize", "final", finalize_units, units, fps, progress)
+    final = _run_units(cfg, out, "finalize", "final", finalize_units, units, fps, progress, stats_fold.final)
 
     # Phase 4: the units' shards packed into shards/part-NNNNN.parquet of about target_shard_bytes.
     sources = [
@@ -141,7 +163,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     progress.stop()
 
     _remove_stale(out, names, {e["path"] for e in parts})
-    stats = _aggregate(cfg, units, scan.skipped, chain, final, len(parts), time.perf_counter() - t_start)
+    stats = stats_fold.stats(scan.skipped, len(parts), time.perf_counter() - t_start)
     write_json(out / "stats.json", stats)
     write_manifest(
         out,
@@ -163,16 +185,25 @@ def _run_units(
     units: list[InputUnit],
     fingerprints: list,
     progress: Progress,
+    keep: Callable[[str, dict], dict],
 ) -> dict[str, dict]:
     """One per-unit phase: the units whose done record (`_work/<step_dir>/<stem>.done.json`) is
     missing or stale run in groups of about `input.unit_bytes` (largest first; smaller when the input
-    is small, so every CPU gets several); returns every unit's record, by stem. Progress counts
-    input bytes."""
-    done = load_done_many(
-        out, [(work_dir(out) / step_dir / f"{u.stem}.done.json", fp) for u, fp in zip(units, fingerprints)]
-    )
-    records = {u.stem: rec for u, rec in zip(units, done) if rec is not None}
-    pending = [(u, fp) for u, fp, rec in zip(units, fingerprints, done) if rec is None]
+    is small, so every CPU gets several). Each unit's record, loaded or returned by a task, goes
+    through `keep(stem, record)` as it arrives, and what that returns is kept: returns those, by
+    stem. Progress counts input bytes."""
+    records: dict[str, dict] = {}
+    pending: list[tuple[InputUnit, Any]] = []
+    for i in range(0, len(units), LOAD_BATCH):  # a batch of full records at a time, then only `keep`'s
+        batch = list(zip(units[i : i + LOAD_BATCH], fingerprints[i : i + LOAD_BATCH]))
+        done = load_done_many(
+            out, [(work_dir(out) / step_dir / f"{u.stem}.done.json", fp) for u, fp in batch]
+        )
+        for (u, fp), rec in zip(batch, done):
+            if rec is None:
+                pending.append((u, fp))
+            else:
+                records[u.stem] = keep(u.stem, rec)
     groups: list[list[InputUnit]] = []
     if pending:
         ensure_ray(cfg.ray)
@@ -195,7 +226,8 @@ def _run_units(
         phase,
         sizes={group_key(g): sum(u.num_bytes for u in g) for g in groups},
         labels={group_key(g): group_label(g) for g in groups},
-    )
+        on_result=lambda key, res: res and res.update(units={n: keep(n, r) for n, r in res["units"].items()}),
+    )  # each group's records shrunk as it ends: the driver never holds them all
     for res in results.values():
         records.update(res["units"])
     raise_errors(errors, phase)
@@ -234,68 +266,94 @@ def _remove_stale(out: Path, names: list[str], shards: set[str]) -> None:
         f.unlink()
 
 
-def _aggregate(
-    cfg: PipelineConfig,
-    units: list[InputUnit],
-    skipped: list[SkippedFile],
-    chain: dict,
-    final: dict,
-    num_shards: int,
-    seconds: float,
-) -> dict:
-    stages: dict[str, dict] = {}
-    order = ["read", *cfg.enabled_stages()]
-    if cfg.exact_dedup.enabled:
-        order.append("exact_dedup")
-    stage_in: Counter = Counter()
-    rejected: dict[str, Counter] = defaultdict(Counter)
-    by_language: dict[str, Counter] = defaultdict(Counter)
-    examples: dict[str, list] = defaultdict(list)
-    pii: Counter = Counter()
-    num_in = 0
-    for u in units:
-        for rec in (chain[u.stem], final[u.stem]):
-            stage_in.update(rec["stage_in"])
-            for s, c in rec["rejected"].items():
-                rejected[s].update(c)
-            for s, c in rec.get("rejected_by_language", {}).items():  # absent in older done records
-                by_language[s].update(c)
-            for k, ex in rec["examples"].items():
-                add_examples(examples[k], ex, cfg.num_example_rejects)
-        pii.update(chain[u.stem]["pii"])
-        num_in += chain[u.stem]["num_in"]
-    stage_in["read"] = num_in
-    for s in order:
-        n_rej = sum(rejected[s].values())
-        stages[s] = {
-            "in": stage_in[s],
-            "kept": stage_in[s] - n_rej,
-            "rejected": n_rej,
-            "reasons": dict(sorted(rejected[s].items())),
+class StatsFold:
+    """The run's stats, folded from each unit's done records as they arrive (`_run_units`' `keep`),
+    which keeps of a record only what the driver needs later (CHAIN_KEEP, FINAL_KEEP): the driver's
+    memory grows with the number of units by a few hundred bytes each, not by their records (counts
+    per stage, language and reason, example rejects). Example rejects are those the units give in
+    input order (the first `num_example_rejects` per language and reason), whatever order their
+    tasks finish in."""
+
+    def __init__(self, cfg: PipelineConfig, stems: list[str]):
+        self.cfg = cfg
+        self.index = {s: i for i, s in enumerate(stems)}
+        self.stage_in: Counter = Counter()
+        self.rejected: dict[str, Counter] = defaultdict(Counter)
+        self.by_language: dict[str, Counter] = defaultdict(Counter)
+        self.examples: dict[tuple[str, str], list] = defaultdict(list)  # (reason, language) -> sorted
+        self.pii: Counter = Counter()
+        self.num_in = self.num_kept = 0
+        self.chain_seconds = 0.0
+
+    def _add(self, stem: str, phase: int, rec: dict) -> None:
+        self.stage_in.update(rec["stage_in"])
+        for s, c in rec["rejected"].items():
+            self.rejected[s].update(c)
+        for s, c in rec.get("rejected_by_language", {}).items():  # absent in older done records
+            self.by_language[s].update(c)
+        n = self.cfg.num_example_rejects
+        for k, exs in rec["examples"].items():
+            for pos, e in enumerate(exs):
+                kept = self.examples[k, e.get("language", "und")]
+                bisect.insort(kept, ((self.index[stem], phase, pos), e), key=lambda x: x[0])
+                del kept[n:]
+
+    def chain(self, stem: str, rec: dict) -> dict:
+        self._add(stem, 0, rec)
+        self.pii.update(rec["pii"])
+        self.num_in += rec["num_in"]
+        self.chain_seconds += rec["seconds"]
+        return {k: rec[k] for k in CHAIN_KEEP}
+
+    def final(self, stem: str, rec: dict) -> dict:
+        self._add(stem, 1, rec)
+        self.num_kept += rec["num_kept"]
+        return {k: rec[k] for k in FINAL_KEEP}
+
+    def stats(self, skipped: list[SkippedFile], num_shards: int, seconds: float) -> dict:
+        cfg = self.cfg
+        order = ["read", *cfg.enabled_stages()]
+        if cfg.exact_dedup.enabled:
+            order.append("exact_dedup")
+        stage_in = Counter(self.stage_in)
+        stage_in["read"] = self.num_in
+        stages: dict[str, dict] = {}
+        for s in order:
+            n_rej = sum(self.rejected[s].values())
+            stages[s] = {
+                "in": stage_in[s],
+                "kept": stage_in[s] - n_rej,
+                "rejected": n_rej,
+                "reasons": dict(sorted(self.rejected[s].items())),
+            }
+        num_rejected = sum(v["rejected"] for v in stages.values())
+        assert self.num_in == self.num_kept + num_rejected, (
+            f"accounting broken: in={self.num_in} kept={self.num_kept} rejected={num_rejected}"
+        )
+        merged: dict[str, list] = defaultdict(list)  # each reason's examples, every language's
+        for (k, _), kept in self.examples.items():
+            merged[k] += kept
+        examples = {k: [e for _, e in sorted(v, key=lambda x: x[0])] for k, v in sorted(merged.items())}
+        by_language = self.by_language
+        return {
+            "num_in": self.num_in,
+            "num_kept": self.num_kept,
+            "num_rejected": num_rejected,
+            "stage_order": order,
+            "stages": stages,
+            "pii": dict(sorted(self.pii.items())),
+            "rejected_by_language": {
+                s: dict(sorted(by_language[s].items())) for s in order if by_language[s]
+            },
+            "examples": examples,
+            "num_shards": num_shards,
+            "source_profiles": dict(cfg.source_profiles),
+            "skipped_files": [{"path": f.path, "reason": f.reason} for f in skipped],
+            "seconds": round(seconds, 3),
+            "docs_per_second": round(self.num_in / seconds, 1) if seconds else None,
+            "task_seconds_chain": round(self.chain_seconds, 3),
+            "quality_model": quality_model_report(cfg),
         }
-    num_kept = sum(final[u.stem]["num_kept"] for u in units)
-    num_rejected = sum(v["rejected"] for v in stages.values())
-    assert num_in == num_kept + num_rejected, (
-        f"accounting broken: in={num_in} kept={num_kept} rejected={num_rejected}"
-    )
-    chain_seconds = sum(chain[u.stem]["seconds"] for u in units)
-    return {
-        "num_in": num_in,
-        "num_kept": num_kept,
-        "num_rejected": num_rejected,
-        "stage_order": order,
-        "stages": stages,
-        "pii": dict(sorted(pii.items())),
-        "rejected_by_language": {s: dict(sorted(by_language[s].items())) for s in order if by_language[s]},
-        "examples": dict(sorted(examples.items())),
-        "num_shards": num_shards,
-        "source_profiles": dict(cfg.source_profiles),
-        "skipped_files": [{"path": f.path, "reason": f.reason} for f in skipped],
-        "seconds": round(seconds, 3),
-        "docs_per_second": round(num_in / seconds, 1) if seconds else None,
-        "task_seconds_chain": round(chain_seconds, 3),
-        "quality_model": quality_model_report(cfg),
-    }
 
 
 def quality_model_report(cfg: PipelineConfig) -> dict | None:

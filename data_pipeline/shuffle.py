@@ -15,7 +15,14 @@ besides its own rows, whatever the number of reducers. So
 - the number of reducers of a shuffle is chosen after its map side, from the rows that side wrote
   and the per-task memory budget (`num_partitions`), and can change without redoing the map side;
 - a reducer whose range holds more than its memory allows reads it in key sub-ranges (`chunks`),
-  which never split a key, so a result never depends on the number of reducers or chunks.
+  which never split a key, so a result never depends on the number of reducers or chunks;
+- a run carries a sample of its keys in its schema's metadata, so a RunSet reads one footer per
+  run to plan, never the key column;
+- when map tasks are many and small (one run per input unit), `merge_groups` + `merge_runs` first
+  merge runs of consecutive units, at most MERGE_FAN_IN at a time, into *pieces*: runs of at most
+  a chunk of rows, each holding one key range [lo, hi) of its group. A reducer then opens only the
+  pieces whose range meets its own (`pieces_in`): about one per group, not one per unit, so the
+  files and pages a reducer touches stop growing with units x reducers.
 """
 
 from __future__ import annotations
@@ -34,9 +41,21 @@ from pretrain.core.shards import write_table
 KEY_SPACE = 1 << 64
 MAX_PARTITIONS = 65536
 DEFAULT_TASK_BUDGET_BYTES = 2 << 30  # when Ray cannot say how much memory a task has
-REDUCER_BYTES = 256 << 20  # what one reducer holds, at most: enough to keep its fixed costs small
+# What one reducer holds, at most (at its step's measured bytes per row). Small enough that reducers
+# are full from corpora of a few 100,000 short documents on, so a task's memory stays the same at
+# any larger size (bench/data_scale.py: at 256 MiB, 400k documents gave MinHash's candidates 3
+# reducers under their size, 4M gave 26 full ones, and the largest task grew 1.42x); large enough
+# that a reducer's fixed costs (a Ray task, one footer per run it reads) stay small beside its rows.
+REDUCER_BYTES = 64 << 20
 SAMPLE_STRIDE = 512  # a run's keys a RunSet keeps: one in this many (at most, at least 64 per run)
 MIN_CHUNK_ROWS = 4096  # below this a chunk's fixed costs dominate; a tiny budget still progresses
+CHUNK_SLACK = 1.25  # a reducer's range holds REDUCER_BYTES on average: up to this much more in one chunk
+MERGE_FAN_IN = 256  # runs one merge task reads: its mapped pages per chunk stay a few MiB
+MERGE_BYTES = 1 << 30  # rows (at their task bytes) one merge group holds at most: groups stay parallel
+MAP_CACHE_RUNS = 256  # runs a RunSet keeps mapped from its footers to its first read (footer pages only)
+_SAMPLE = b"pretrain.run.sample"  # schema metadata of a run: every stride-th key, little-endian u64
+_STRIDE = b"pretrain.run.stride"
+_ROWS = b"pretrain.run.rows"
 
 
 def write_run(path: str | Path, table: pa.Table, key: str) -> dict:
@@ -45,6 +64,14 @@ def write_run(path: str | Path, table: pa.Table, key: str) -> dict:
     if len(keys) > 1 and np.any(keys[1:] < keys[:-1]):
         table = table.take(np.argsort(keys, kind="stable"))
     table = table.combine_chunks()
+    keys = table.column(key).to_numpy()
+    stride = _stride(len(keys))
+    meta = {
+        _SAMPLE: keys[::stride].astype("<u8").tobytes(),
+        _STRIDE: str(stride).encode(),
+        _ROWS: str(len(keys)).encode(),
+    }
+    table = table.replace_schema_metadata((table.schema.metadata or {}) | meta)
     with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink:
         with pa.ipc.new_file(sink, table.schema) as writer:
             if table.num_rows:
@@ -77,27 +104,81 @@ def unit_ranges(num_units: int, num_reducers: int) -> list[tuple[int, int]]:
 
 def chunk_rows(budget_bytes: int, bytes_per_row: float) -> int:
     """Rows a task may hold at once: what is left of its budget (less what the process already
-    holds) at `bytes_per_row` each, and at least MIN_CHUNK_ROWS."""
+    holds) at `bytes_per_row` each, at most a reducer's REDUCER_BYTES (so a task's memory does not
+    grow with its range either; with CHUNK_SLACK, so that a range `num_partitions` sized reads in
+    one chunk although counts are estimates), and at least MIN_CHUNK_ROWS."""
     budget = budget_bytes or DEFAULT_TASK_BUDGET_BYTES
-    free = max(0, budget - rss_bytes()) * 0.8
+    free = min(REDUCER_BYTES * CHUNK_SLACK, max(0, budget - rss_bytes()) * 0.8)
     return max(MIN_CHUNK_ROWS, int(free / bytes_per_row))
 
 
+def merge_groups(rows: list[int], bytes_per_row: float) -> list[tuple[int, int]]:
+    """Runs [a, b) that one merge task reads: consecutive, at most MERGE_FAN_IN of them and about
+    MERGE_BYTES of rows (a run over that is a group alone). Depends only on the row counts."""
+    groups, a, total = [], 0, 0
+    for i, n in enumerate(rows):
+        if i > a and (i - a >= MERGE_FAN_IN or (total + n) * bytes_per_row > MERGE_BYTES):
+            groups.append((a, i))
+            a, total = i, 0
+        total += n
+    if a < len(rows):
+        groups.append((a, len(rows)))
+    return groups
+
+
+def merge_runs(paths: list[str], key: str, prefix: str, max_rows: int) -> list[dict]:
+    """The rows of `paths` as pieces `{prefix}.cNNNN.arrow`: runs of at most about `max_rows` rows
+    (a key with more stays whole), each the rows of one key range [lo, hi) of the whole key space,
+    in order. Returns their entries, write_run's plus "lo" and "hi"."""
+    runs = RunSet(paths, key)
+    pieces = []
+    for c, (lo, hi) in enumerate(runs.chunks(0, KEY_SPACE, max_rows)):
+        table = runs.read(lo, hi)
+        if table is not None:
+            pieces.append(write_run(f"{prefix}.c{c:04d}.arrow", table, key) | {"lo": lo, "hi": hi})
+    return pieces
+
+
+def whole_piece(path: str) -> dict:
+    """A run that no merge read, as a piece over the whole key space."""
+    return {"path": str(path), "lo": 0, "hi": KEY_SPACE}
+
+
+def pieces_in(pieces: list[dict], lo: int, hi: int) -> list[str]:
+    """Paths of the pieces whose key range meets [lo, hi)."""
+    return [p["path"] for p in pieces if p["lo"] < hi and lo < p["hi"]]
+
+
 class RunSet:
-    """The runs a reducer reads: counts and reads key ranges across all of them. It keeps only a
-    sample of each run's keys (every SAMPLE_STRIDE-th) and maps a run only while reading from it,
-    so its memory does not grow with the number of runs (file pages a task maps count in its RSS)."""
+    """The runs a reducer reads: counts and reads key ranges across all of them. It plans from a
+    sample of each run's keys (every SAMPLE_STRIDE-th, from the run's footer). File pages a task
+    has touched count in its RSS while mapped (64 KiB or more per touch, with the kernel's
+    fault-around), so it maps a run only while reading from it: its memory does not grow with the
+    number of runs or the rows it has read. Opening a run costs 0.3-0.4 ms (measured here), which
+    grows as runs x reducers, so the first read uses the runs mapped to read their footers (at most
+    MAP_CACHE_RUNS of them) rather than opening them again; a reducer sized by `num_partitions`
+    reads its range in one chunk (`chunk_rows`), so it opens each run once."""
 
     def __init__(self, paths: list[str], key: str):
         self.key = key
         self.runs: list[tuple[str, int, int, np.ndarray]] = []  # path, rows, stride, sampled keys
+        self._tables: dict[int, pa.Table] = {}  # runs mapped since the last read, by index
         for p in paths:
             table = _open_run(p)
-            if table.num_rows:
-                stride = max(1, min(SAMPLE_STRIDE, table.num_rows // 64))
-                keys = table.column(key).chunk(0).to_numpy()
-                self.runs.append((str(p), table.num_rows, stride, keys[::stride].copy()))
-            del table  # unmapped: no buffer refers to it any more
+            n, stride, sample = _run_sample(table, key)
+            if n:
+                self.runs.append((str(p), n, stride, sample))
+                if _SAMPLE in (table.schema.metadata or {}) and len(self._tables) < MAP_CACHE_RUNS:
+                    self._tables[len(self.runs) - 1] = table  # only its footer was read: no pages held
+            del table
+
+    def _table(self, i: int) -> pa.Table:
+        table = self._tables.get(i)
+        return table if table is not None else _open_run(self.runs[i][0])
+
+    @property
+    def num_rows(self) -> int:
+        return sum(n for _, n, _, _ in self.runs)
 
     def count(self, lo: int, hi: int) -> int:
         """Rows with lo <= key < hi, within a stride per run at each end (from the samples)."""
@@ -109,19 +190,24 @@ class RunSet:
 
     def read(self, lo: int, hi: int, columns: list[str] | None = None) -> pa.Table | None:
         """Rows with lo <= key < hi of every run, in run order (None when there are none)."""
-        parts = []
-        for path, n, stride, sample in self.runs:
+        parts: list[pa.Table] = []
+        for r, (_, n, stride, sample) in enumerate(self.runs):
             a, b = _bounds(sample, lo, hi)
             first, end = max(0, (a - 1) * stride), min(n, b * stride + 1)  # the rows can only be here
             if end <= first:
                 continue
-            table = _open_run(path)
+            table = self._table(r)
             keys = table.column(self.key).chunk(0).to_numpy()[first:end]
             i, j = _bounds(keys, lo, hi)
             if j > i:
                 part = table.slice(first + i, j - i)
                 parts.append(part.select(columns) if columns else part)
-        return pa.concat_tables(parts).combine_chunks() if parts else None
+        if not parts:
+            return None
+        table = pa.concat_tables(parts).combine_chunks()
+        self._tables.clear()  # unmapped once the tables `read` returned are gone too
+        meta = {k: v for k, v in (table.schema.metadata or {}).items() if k not in (_SAMPLE, _STRIDE, _ROWS)}
+        return table.replace_schema_metadata(meta or None)  # the sample was the run's, not the rows'
 
     def chunks(self, lo: int, hi: int, max_rows: int) -> Iterator[tuple[int, int]]:
         """[lo, hi) cut into key sub-ranges of at most about `max_rows` rows (keys are hashes, so
@@ -136,6 +222,22 @@ class RunSet:
             k = min(b - a, math.ceil(n / max_rows) + 1)
             cuts = [a + (b - a) * i // k for i in range(k + 1)]
             todo.extend(reversed(list(zip(cuts[:-1], cuts[1:]))))
+
+
+def _stride(num_rows: int) -> int:
+    return max(1, min(SAMPLE_STRIDE, num_rows // 64))
+
+
+def _run_sample(table: pa.Table, key: str) -> tuple[int, int, np.ndarray]:
+    """(rows, stride, every stride-th key) of a mapped run: from its footer (write_run puts the
+    sample in the schema's metadata), or, for a run written without one, from its key column."""
+    meta = table.schema.metadata or {}
+    if _SAMPLE in meta:
+        sample = np.frombuffer(meta[_SAMPLE], dtype="<u8").astype(np.uint64)
+        return int(meta[_ROWS]), int(meta[_STRIDE]), sample
+    stride = _stride(table.num_rows)
+    keys = table.column(key).to_numpy() if table.num_rows else np.zeros(0, np.uint64)
+    return table.num_rows, stride, keys[::stride].copy()
 
 
 def _open_run(path: str | Path) -> pa.Table:

@@ -31,7 +31,15 @@ import pyarrow.parquet as pq
 from data_pipeline.document import Doc, Reject
 from data_pipeline.pack import arrow_bytes
 from data_pipeline.readers import InputError, InputUnit, read_unit
-from data_pipeline.shuffle import RunSet, chunk_rows, key_range, write_run, write_unit_lists
+from data_pipeline.shuffle import (
+    RunSet,
+    chunk_rows,
+    key_range,
+    merge_runs,
+    pieces_in,
+    write_run,
+    write_unit_lists,
+)
 from pretrain.core.config import config_hash
 from pretrain.core.done import load_done, output_fingerprints
 from pretrain.core.files import write_json
@@ -291,13 +299,40 @@ def chain_unit(unit: InputUnit, cfg, out: Path, fingerprint: dict) -> dict[str, 
     return record
 
 
+def merge_hashes(
+    m: int, unit_names: list[str], budget: int, out_dir: str, fingerprint: str
+) -> dict[str, Any]:
+    """The hash runs of a group of consecutive units merged into pieces of one key range each
+    (`shuffle.merge_runs`), so that a reducer opens about one piece per group, not one run per unit."""
+    out = stage_path(out_dir)
+    prefix = work_dir(out) / "hash_merge" / f"m={m:05d}"
+    paths = [str(hash_run_path(out, n)) for n in unit_names]
+    pieces = merge_runs(paths, "key", str(prefix), chunk_rows(budget, HASH_ROW_BYTES))
+    record = {
+        "partition": m,
+        "fingerprint": fingerprint,
+        "num_rows": sum(p["rows"] for p in pieces),
+        "pieces": pieces,
+        "outputs": output_fingerprints(out, *(Path(p["path"]) for p in pieces)),
+    }
+    write_json(work_dir(out) / "hash_merge" / f"q={m:05d}.done.json", record)
+    return record
+
+
 def dedup_partition(
-    q: int, num_partitions: int, unit_names: list[str], budget: int, out_dir: str, fingerprint: str
+    q: int,
+    num_partitions: int,
+    unit_names: list[str],
+    pieces: list[dict],
+    budget: int,
+    out_dir: str,
+    fingerprint: str,
 ) -> dict[str, Any]:
     """Within hash key range q, the first doc (by input order, then row) of each hash survives. The
-    others go to runs keyed by their unit's index, for `dup_lists`."""
+    others go to runs keyed by their unit's index, for `dup_lists`. Reads the hash runs' `pieces`
+    (merged or not: `merge_hashes`) whose range meets q."""
     out = stage_path(out_dir)
-    runs = RunSet([str(hash_run_path(out, n)) for n in unit_names], "key")
+    runs = RunSet(pieces_in(pieces, *key_range(q, num_partitions)), "key")
     order = {n: i for i, n in enumerate(unit_names)}
     paths, num_rows, num_dups = [], 0, 0
     for c, (lo, hi) in enumerate(

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from data_pipeline.groundtruth import load_truth, read_outputs  # noqa: F401 - re-exported for tests
+from data_pipeline.groundtruth import load_truth, read_outputs  # noqa: F401 - load_truth: for tests
 from pretrain.core.shards import DOC_SCHEMA, read_manifest, write_manifest, write_table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,3 +47,33 @@ def write_doc_stage(out: Path, docs: list[str], order: np.ndarray, num_shards: i
         entries.append(write_table(out / "shards" / f"part-{s:05d}.parquet", table))
     write_manifest(out, shards=entries)
     return out
+
+
+def run_minhash(
+    inp: Path,
+    out: Path,
+    *overrides: str,
+    keep_work: bool = False,
+    threshold: float | None = None,
+    verify_threshold: float | None = None,
+) -> tuple[dict, set[str], dict[str, tuple]]:
+    """`pretrain data minhash` from the stage directory `inp` into `out` (default config, then
+    `keep_work`, the thresholds given, then `overrides`): its stats, the kept ids, and each rejected
+    id's (detail, near_dup_cluster)."""
+    from data_pipeline.minhash.dedup import load_minhash_config, run_minhash_dedup
+
+    options = ["keep_work=true"] if keep_work else []
+    if threshold is not None:
+        options.append(f"minhash.threshold={threshold}")
+    if verify_threshold is not None:
+        options.append(f"minhash.verify_threshold={verify_threshold}")
+    cfg = load_minhash_config(
+        None, [f"input_dir={inp}", f"output_dir={out}", "progress=false", *options, *overrides]
+    )
+    stats = run_minhash_dedup(cfg)
+    kept, rejected = read_outputs(out)
+    return (
+        stats,
+        set(kept),
+        {k: (r["detail"], r["metadata"]["near_dup_cluster"]) for k, r in rejected.items()},
+    )

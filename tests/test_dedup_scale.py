@@ -12,8 +12,18 @@ import pytest
 
 from data_pipeline.corpus.short_docs import sentence_pool, short_docs
 from data_pipeline.groundtruth import read_outputs
-from data_pipeline.shuffle import KEY_SPACE, RunSet, key_range, num_partitions, write_run
-from tests.pipeline_helpers import write_doc_stage
+from data_pipeline.shuffle import (
+    KEY_SPACE,
+    RunSet,
+    key_range,
+    merge_groups,
+    merge_runs,
+    num_partitions,
+    pieces_in,
+    whole_piece,
+    write_run,
+)
+from tests.pipeline_helpers import run_minhash, write_doc_stage
 
 NUM_DOCS = 3000
 NUM_SHARDS = 12
@@ -49,12 +59,62 @@ def test_runs_read_by_range_and_chunk_without_splitting_a_key(tmp_path):
     assert [c for c in chunks if c[0] <= 12345 < c[1]] == [(12345, 12346)]
 
 
+def test_runs_carry_their_key_sample_and_merge_into_pieces_by_key_range(tmp_path):
+    rng = np.random.default_rng(1)
+    paths, tables = [], []
+    for i in range(7):
+        keys = rng.integers(0, KEY_SPACE, 3000, dtype=np.uint64)
+        keys[:50] = np.uint64(777)  # a heavy key in every run stays in one piece
+        tables.append(pa.table({"key": keys, "v": np.arange(3000) + 10_000 * i}))
+        paths.append(write_run(tmp_path / f"r{i}.arrow", tables[-1], "key")["path"])
+    # the sample is in the footer: a RunSet plans from it without reading the key column
+    meta = pa.ipc.open_file(pa.memory_map(paths[0])).schema.metadata
+    assert int(meta[b"pretrain.run.rows"]) == 3000 and int(meta[b"pretrain.run.stride"]) == 46
+    sample = np.frombuffer(meta[b"pretrain.run.sample"], "<u8")
+    assert np.array_equal(sample, np.sort(tables[0].column("key").to_numpy())[::46])
+    old = tmp_path / "old.arrow"  # a run written before the sample: planned from its key column
+    with pa.OSFile(str(old), "wb") as sink, pa.ipc.new_file(sink, tables[0].schema) as w:
+        w.write_table(tables[0].sort_by("key"))
+    assert RunSet([str(old)], "key").runs[0][1:3] == RunSet([paths[0]], "key").runs[0][1:3]
+    assert RunSet([str(old)], "key").count(0, KEY_SPACE) == 3000
+    # merged: pieces of at most ~max_rows, disjoint key ranges covering the whole key space
+    pieces = merge_runs(paths[:5], "key", str(tmp_path / "m"), max_rows=2000)
+    assert sum(p["rows"] for p in pieces) == 15_000 and len(pieces) >= 7
+    assert pieces[0]["lo"] == 0 and pieces[-1]["hi"] == KEY_SPACE
+    assert all(a["hi"] == b["lo"] for a, b in zip(pieces, pieces[1:]))
+    assert b"pretrain.run.sample" not in (RunSet(paths, "key").read(0, KEY_SPACE).schema.metadata or {})
+    for p in pieces:
+        keys = pa.ipc.open_file(pa.memory_map(p["path"])).read_all().column("key").to_numpy()
+        assert keys.min() >= p["lo"] and keys.max() < p["hi"] and np.all(np.diff(keys.astype(float)) >= 0)
+    heavy = [p for p in pieces if p["lo"] <= 777 < p["hi"]]
+    assert len(heavy) == 1 and heavy[0]["rows"] >= 250
+    # a reducer reading the pieces that meet its range gets what it gets from the runs themselves
+    all_pieces = pieces + [whole_piece(p) for p in paths[5:]]
+    for q in range(5):
+        lo, hi = key_range(q, 5)
+        mine = pieces_in(all_pieces, lo, hi)
+        assert len(mine) <= 2 + 2 + len(paths[5:])  # about one piece per merged group, not a run per unit
+        got = RunSet(mine, "key").read(lo, hi).sort_by([("key", "ascending"), ("v", "ascending")])
+        want = RunSet(paths, "key").read(lo, hi).sort_by([("key", "ascending"), ("v", "ascending")])
+        assert got.equals(want)
+
+
+def test_merge_groups_bound_fan_in_and_rows(monkeypatch):
+    from data_pipeline import shuffle
+
+    assert merge_groups([], 100) == []
+    assert merge_groups([10] * 600, 100) == [(0, 256), (256, 512), (512, 600)]
+    monkeypatch.setattr(shuffle, "MERGE_BYTES", 1000)
+    # at most 1,000 bytes of rows a group; a run over that is a group alone
+    assert merge_groups([3, 3, 3, 20, 1, 1], 100) == [(0, 3), (3, 4), (4, 6)]
+
+
 def test_partitions_follow_rows_and_budget():
     assert num_partitions(0, 100, 1 << 30, None) == 1
-    assert num_partitions(10_000_000, 100, 256 << 20, None) == 8  # 1 GB of rows, half of 256 MiB each
-    assert num_partitions(10_000_000, 100, 1 << 30, None) == 4  # at most 256 MiB each, any budget
-    assert num_partitions(10_000_000, 100, 64 << 30, None) == 4
-    assert num_partitions(100_000_000, 100, 1 << 30, None) == 38  # 10x the rows, 10x the reducers
+    assert num_partitions(10_000_000, 100, 64 << 20, None) == 30  # 1 GB of rows, half of 64 MiB each
+    assert num_partitions(10_000_000, 100, 1 << 30, None) == 15  # at most 64 MiB each, any budget
+    assert num_partitions(10_000_000, 100, 64 << 30, None) == 15
+    assert num_partitions(100_000_000, 100, 1 << 30, None) == 150  # 10x the rows, 10x the reducers
     assert num_partitions(100_000_000, 100, 1 << 30, 4) == 4  # the override wins
 
 
@@ -68,23 +128,10 @@ def corpus(tmp_path_factory):
     return write_doc_stage(inp, docs, order, NUM_SHARDS)
 
 
-def _minhash(inp, out, *overrides):
-    from data_pipeline.minhash.dedup import load_minhash_config, run_minhash_dedup
-
-    cfg = load_minhash_config(None, [f"input_dir={inp}", f"output_dir={out}", "progress=false", *overrides])
-    stats = run_minhash_dedup(cfg)
-    kept, rejected = read_outputs(out)
-    return (
-        stats,
-        set(kept),
-        {k: (r["detail"], r["metadata"]["near_dup_cluster"]) for k, r in rejected.items()},
-    )
-
-
 @pytest.fixture(scope="module")
 def reference(corpus, ray_local, tmp_path_factory):
     out = tmp_path_factory.mktemp("scale_ref")
-    stats, kept, rejected = _minhash(corpus, out, "keep_work=true")
+    stats, kept, rejected = run_minhash(corpus, out, keep_work=True)
     return {"out": out, "stats": stats, "kept": kept, "rejected": rejected}
 
 
@@ -97,7 +144,7 @@ def test_same_kept_ids_for_any_partitions_budget_and_workers(corpus, reference, 
     from data_pipeline.minhash import dedup
 
     # one task at a time, 3 reducers in every shuffle, components on the distributed path
-    stats, kept, rejected = _minhash(
+    stats, kept, rejected = run_minhash(
         corpus,
         tmp_path / "p3",
         "ray.max_in_flight=1",
@@ -108,8 +155,8 @@ def test_same_kept_ids_for_any_partitions_budget_and_workers(corpus, reference, 
     assert stats["minhash"]["components_method"] == "ray_star"
     # a 4 MiB budget: the driver derives many reducers, each task reads its range in small chunks
     monkeypatch.setattr(dedup, "task_memory_bytes", lambda ray_cfg: 4 << 20)
-    stats, kept, rejected = _minhash(
-        corpus, tmp_path / "small", "keep_work=true", "minhash.partitions.survivors=5"
+    stats, kept, rejected = run_minhash(
+        corpus, tmp_path / "small", "minhash.partitions.survivors=5", keep_work=True
     )
     assert (kept, rejected) == (reference["kept"], reference["rejected"])
     work = tmp_path / "small" / "_work" / "minhash"
@@ -216,19 +263,29 @@ def exact_reference(jsonl_corpus, ray_local, tmp_path_factory):
 def test_exact_dedup_same_kept_ids_for_any_partitions_and_budget(
     jsonl_corpus, exact_reference, tmp_path, monkeypatch
 ):
-    from data_pipeline import executor
+    from data_pipeline import executor, shuffle
 
     rejected = exact_reference["rejected"]
     assert len(rejected) == NUM_DOCS * 5 // 100 // 2, len(rejected)  # the exact half of the planted copies
     assert {r[0] for r in rejected.values()} == {"exact_duplicate"}
+    ref_work = exact_reference["out"] / "_work"
+    assert len(list((ref_work / "hash_merge").glob("q=*.done.json"))) == 1  # the 8 units' runs, merged
+    # 8 units: one merged group of 7 and one unit read as it is
+    monkeypatch.setattr(shuffle, "MERGE_FAN_IN", 7)
     stats, kept, rej = _exact(
-        jsonl_corpus, tmp_path / "p3", "ray.max_in_flight=1", "exact_dedup.num_partitions=3"
+        jsonl_corpus, tmp_path / "p3", "ray.max_in_flight=1", "exact_dedup.num_partitions=3", "keep_work=true"
     )
     assert (kept, rej) == (exact_reference["kept"], rejected)
-    monkeypatch.setattr(executor, "task_memory_bytes", lambda ray_cfg: 1 << 20)  # many reducers, small chunks
+    assert len(list((tmp_path / "p3" / "_work" / "hash_merge").glob("q=*.done.json"))) == 1
+    # groups of 3, many reducers, small chunks: pieces of a few thousand rows
+    monkeypatch.setattr(shuffle, "MERGE_FAN_IN", 3)
+    monkeypatch.setattr(executor, "task_memory_bytes", lambda ray_cfg: 1 << 20)
     stats, kept, rej = _exact(jsonl_corpus, tmp_path / "small", "keep_work=true")
     assert (kept, rej) == (exact_reference["kept"], rejected)
-    assert len(list((tmp_path / "small" / "_work" / "dups").glob("q=*.done.json"))) > 1
+    work = tmp_path / "small" / "_work"
+    assert len(list((work / "dups").glob("q=*.done.json"))) > 1
+    merged = [json.loads(p.read_text()) for p in sorted((work / "hash_merge").glob("q=*.done.json"))]
+    assert len(merged) == 3 and sum(r["num_rows"] for r in merged) == len(kept) + len(rej)
 
 
 def test_exact_finalize_reads_only_its_unit_and_its_list(exact_reference, monkeypatch):

@@ -13,15 +13,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_pipeline.corpus.short_docs import sentence_pool, short_docs
-from data_pipeline.groundtruth import read_outputs
-from tests.pipeline_helpers import write_doc_stage
+from tests.pipeline_helpers import run_minhash, write_doc_stage
 
 NUM_DOCS = 2400
 NUM_PARTIAL = 120  # documents that extend another one: Jaccard about 0.5, 0.67 and 0.8 to it
 NUM_SHARDS = 48  # many shards, few documents each: a join that opens every shard per task shows
 VERIFY_REDUCERS = 5
-# Candidates from J = 0.5 up (34 bands x 3 rows), so verification at 0.75 has pairs to drop.
-COMMON = ("minhash.threshold=0.5", "minhash.verify_threshold=0.75")
+# Candidates from J = 0.5 up (34 bands x 3 rows), so verification at 0.75 has pairs to drop; every run
+# keeps its work folder, read by the tests.
+COMMON = {"keep_work": True, "threshold": 0.5, "verify_threshold": 0.75}
 
 
 @pytest.fixture(scope="module")
@@ -39,22 +39,6 @@ def corpus(tmp_path_factory):
     return write_doc_stage(inp, docs, order, NUM_SHARDS)
 
 
-def _minhash(inp, out, *overrides):
-    from data_pipeline.minhash.dedup import load_minhash_config, run_minhash_dedup
-
-    cfg = load_minhash_config(
-        None,
-        [f"input_dir={inp}", f"output_dir={out}", "progress=false", "keep_work=true", *COMMON, *overrides],
-    )
-    stats = run_minhash_dedup(cfg)
-    kept, rejected = read_outputs(out)
-    return (
-        stats,
-        set(kept),
-        {k: (r["detail"], r["metadata"]["near_dup_cluster"]) for k, r in rejected.items()},
-    )
-
-
 def _records(out, step: str) -> list[dict]:
     paths = sorted((out / "_work" / "minhash" / step).glob("r=*.done.json"))
     return [json.loads(p.read_text()) for p in paths]
@@ -68,7 +52,7 @@ def _edges(out) -> set[tuple[int, int]]:
 @pytest.fixture(scope="module")
 def reference(corpus, ray_local, tmp_path_factory):
     out = tmp_path_factory.mktemp("verify_ref")
-    stats, kept, rejected = _minhash(corpus, out, f"minhash.partitions.verify={VERIFY_REDUCERS}")
+    stats, kept, rejected = run_minhash(corpus, out, f"minhash.partitions.verify={VERIFY_REDUCERS}", **COMMON)
     return {"out": out, "stats": stats, "kept": kept, "rejected": rejected, "edges": _edges(out)}
 
 
@@ -167,7 +151,7 @@ def test_each_verify_task_opens_only_the_signature_files_of_its_shards(reference
     ],
 )
 def test_same_edges_and_kept_ids_for_any_verify_partitions(corpus, reference, tmp_path, overrides):
-    stats, kept, rejected = _minhash(corpus, tmp_path / "out", *overrides)
+    stats, kept, rejected = run_minhash(corpus, tmp_path / "out", *overrides, **COMMON)
     edges = _edges(tmp_path / "out")
     if "minhash.verify=false" in overrides:  # every candidate pair is an edge
         assert (
@@ -186,7 +170,7 @@ def test_same_result_with_a_tiny_budget(corpus, reference, tmp_path, monkeypatch
     from data_pipeline.minhash import dedup
 
     monkeypatch.setattr(dedup, "task_memory_bytes", lambda ray_cfg: 1 << 20)  # reducers of 512 KiB
-    stats, kept, rejected = _minhash(corpus, tmp_path / "out")
+    stats, kept, rejected = run_minhash(corpus, tmp_path / "out", **COMMON)
     assert (kept, rejected) == (reference["kept"], reference["rejected"])
     assert _edges(tmp_path / "out") == reference["edges"]
     assert len(_records(tmp_path / "out", "vsrc")) > 1 and len(_records(tmp_path / "out", "edges")) > 1

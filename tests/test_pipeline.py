@@ -239,5 +239,13 @@ def test_rerun_skips_everything_and_changes_nothing(run, tiny_corpus):
 
 def test_same_output_for_any_worker_count_and_partitioning(run, tiny_corpus, tmp_path):
     out = tmp_path / "serial"
-    run_pipeline(pipeline_config(tiny_corpus, out, "ray.max_in_flight=1", "exact_dedup.num_partitions=1"))
+    stats = run_pipeline(
+        pipeline_config(tiny_corpus, out, "ray.max_in_flight=1", "exact_dedup.num_partitions=1")
+    )
     assert shard_digests(out) == shard_digests(run["out"])
+    # the stats too, example rejects included: folded as tasks end, in whatever order they end
+    timing = ("seconds", "docs_per_second", "task_seconds_chain")
+    assert {k: v for k, v in stats.items() if k not in timing} == {
+        k: v for k, v in run["stats"].items() if k not in timing
+    }
+    assert stats["examples"] and all(stats["examples"].values())

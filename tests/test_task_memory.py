@@ -76,9 +76,12 @@ def test_budget_fields_are_validated():
         from_dict(RayConfig, {"max_oom_retries": -1})
 
 
-def test_task_over_budget_fails_after_bounded_retries_naming_unit_and_budget(ray_local, tmp_path):
+def test_task_over_budget_fails_after_bounded_retries_naming_unit_and_budget(
+    ray_local, tmp_path, monkeypatch
+):
     cfg = RayConfig(task_memory_mb=400, max_oom_retries=2)
     tries = {k: tmp_path / k for k in ("big", "small")}
+    monkeypatch.setenv("PRETRAIN_TASK_LOG", str(tmp_path / "tasks.jsonl"))  # finished tasks, with their peaks
     results, errors = ray_map(
         _hungry,
         [("big", (3000, str(tries["big"]))), ("small", (32, str(tries["small"])))],
@@ -92,6 +95,11 @@ def test_task_over_budget_fails_after_bounded_retries_naming_unit_and_budget(ray
     assert "raise ray.task_memory_mb (now 400 MiB per task)" in msg, msg
     assert results["small"]["allocated_mb"] == 32 and tries["small"].read_text() == "x"
     assert results["small"]["peak_rss_bytes"] > 32 * MiB
+    logged = [json.loads(line) for line in (tmp_path / "tasks.jsonl").read_text().splitlines()]
+    assert [(t["task"], t["key"], t["peak_rss_bytes"], t["task_rss_bytes"]) for t in logged] == [
+        ("_hungry", "small", results["small"]["peak_rss_bytes"], results["small"]["task_rss_bytes"])
+    ]  # the failed task is not logged as finished
+    assert 0 < results["small"]["task_rss_bytes"] <= results["small"]["peak_rss_bytes"]
 
 
 def test_budget_no_node_can_give_is_refused(ray_local):

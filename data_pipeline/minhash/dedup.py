@@ -77,7 +77,7 @@ class MinHashConfig:
     num_partitions: int | None = None
     """Reducers of every shuffle (buckets, pairs, components, clusters, removal lists); null: each
     step derives its own from the rows of its input and the task memory budget (`ray.task_memory_mb`):
-    each reducer holds at most 256 MiB, or half the budget when that is less, at the peak bytes per
+    each reducer holds at most 64 MiB, or half the budget when that is less, at the peak bytes per
     row measured for its step (`steps.BAND_ROW_BYTES` ...; `data_pipeline.shuffle.num_partitions`)."""
     partitions: dict[str, int] = field(default_factory=dict)
     """Reducers of one step, over `num_partitions` and the derived count: `candidates`, `verify`,

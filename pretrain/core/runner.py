@@ -15,8 +15,10 @@ Ray is imported inside the functions (a heavy library the trainer and eval never
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -155,7 +157,9 @@ def task_memory_bytes(ray_cfg: RayConfig) -> int:
 
 def run_guarded(fn: Callable, limit_bytes: int, *args: Any) -> Any:
     """The body of every Ray task: `fn(*args)` under a MemoryGuard of `limit_bytes` (0: none). An
-    overrun raises TaskOutOfMemory saying how far; a dict result gains `peak_rss_bytes`."""
+    overrun raises TaskOutOfMemory saying how far; a dict result gains `peak_rss_bytes` (the
+    process's peak) and `task_rss_bytes` (that less what the worker's earlier tasks left behind:
+    the peak this task would reach as the worker's first, which the budget is held to)."""
     guard = MemoryGuard(limit_bytes)
     try:
         with guard:
@@ -164,7 +168,12 @@ def run_guarded(fn: Callable, limit_bytes: int, *args: Any) -> Any:
         if guard.tripped:  # whatever the task turned the interruption into
             raise TaskOutOfMemory(guard.message()) from None
         raise
-    return result | {"peak_rss_bytes": guard.peak_bytes} if isinstance(result, dict) else result
+    if not isinstance(result, dict):
+        return result
+    return result | {
+        "peak_rss_bytes": guard.peak_bytes,
+        "task_rss_bytes": guard.peak_bytes - guard.leftover_bytes,
+    }
 
 
 def _out_of_memory(e: BaseException) -> str | None:
@@ -196,6 +205,21 @@ def _failure(e: BaseException, oom: str | None, num_tries: int, ray_cfg: RayConf
         )
     cause = getattr(e, "cause", None) or e
     return f"{type(cause).__name__}: {cause}"
+
+
+TASK_LOG_ENV = "PRETRAIN_TASK_LOG"
+
+
+def _log_task(name: str, key: str, result: Any) -> None:
+    """With $PRETRAIN_TASK_LOG set to a file, append one JSON line per finished task: its function,
+    key and peak RSS (MemoryGuard's, sampled every 50 ms in the task: `peak_rss_bytes` and
+    `task_rss_bytes`, see run_guarded), for profiling a run (bench/data_scale.py reads it)."""
+    path = os.environ.get(TASK_LOG_ENV)
+    if path and isinstance(result, dict):
+        line = {"task": name, "key": key, "time": time.time()}
+        line |= {k: result.get(k) for k in ("peak_rss_bytes", "task_rss_bytes")}
+        with open(path, "a") as f:
+            f.write(json.dumps(line) + "\n")
 
 
 def ray_map(
@@ -236,6 +260,7 @@ def ray_map(
             key, args = pending.pop(ref)
             try:
                 results[key] = ray.get(ref)
+                _log_task(options["name"], key, results[key])
             except Exception as e:  # noqa: BLE001 - report every failed input, not only the first
                 oom = _out_of_memory(e)
                 name = labels.get(key, key) if labels else key
@@ -267,18 +292,26 @@ def run_tasks(
     phase: str,
     sizes: dict[str, int] | None = None,
     labels: dict[str, str] | None = None,
+    on_result: Callable[[str, dict | None], Any] | None = None,
 ) -> tuple[dict[str, dict], dict[str, str]]:
     """`ray_map` with a stage's Ray settings and its progress display (docs from `num_in`, bytes
-    from `sizes[key]`: the input bytes of each job, when the phase counts bytes)."""
+    from `sizes[key]`: the input bytes of each job, when the phase counts bytes), then
+    `on_result(key, result)` as each job ends (it may shrink the result in place)."""
     if not jobs:
         return {}, {}
     ensure_ray(ray_cfg)
     sizes = sizes or {}
+
+    def advance(key: str, rec: dict | None) -> None:
+        progress.advance(phase, (rec or {}).get("num_in", 0), sizes.get(key, 0))
+        if on_result is not None:
+            on_result(key, rec)
+
     return ray_map(
         fn,
         jobs,
         ray_cfg,
-        on_result=lambda key, rec: progress.advance(phase, (rec or {}).get("num_in", 0), sizes.get(key, 0)),
+        on_result=advance,
         on_tick=progress.refresh,
         labels=labels,
     )
