@@ -2,8 +2,10 @@
 (moto's server mode, started here on 127.0.0.1, spoken to over HTTP by s3fs exactly as AWS would
 be) and writes every stage there: `pretrain data run` -> `pretrain data minhash` -> the held-out
 split -> the tokenizer (trained on the split's train side there) -> `pretrain tokenizer encode`.
-Each stage's shards must equal, byte for byte, those the same chain writes on local disk; a data
-stage killed with SIGKILL mid-stage resumes on the store without redoing finished tasks."""
+Each stage's shards must equal, byte for byte, those the same chain writes on local disk (the same
+commands, called in this process on the session's Ray rather than a Ray started and stopped per
+stage); a data stage killed with SIGKILL mid-stage resumes on the store without redoing finished
+tasks."""
 
 from __future__ import annotations
 
@@ -60,30 +62,59 @@ def _env(extra: dict) -> dict:
     return env
 
 
-def _data_cmd(inp: str, out: str, *extra: str) -> list[str]:
+def _data_args(inp: str, out: str, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "data_pipeline", "run", "--config", str(REPO / "configs" / "data_tiny.yaml"),
+        "run", "--config", str(REPO / "configs" / "data_tiny.yaml"),
         f"input.paths=[{inp}]", f"output_dir={out}", "progress=false", "partition_by_language=true", *extra,
     ]  # fmt: skip
 
 
-def _chain(root: str, corpus: str, tok: Path, env: dict) -> None:
-    """data -> minhash -> split -> tokenizer -> encode, every stage under `root` (a folder or URL)."""
-    py = sys.executable
-    steps = [
-        _data_cmd(corpus, f"{root}/data"),
-        [py, "-m", "data_pipeline", "minhash", "--input", f"{root}/data", "--output", f"{root}/dedup",
-         "progress=false"],
-        [py, "-c", "import sys; from data_pipeline.split import split_heldout; "
-         "split_heldout(sys.argv[1], sys.argv[2], 0.1, 2, 0)", f"{root}/dedup", f"{root}/split"],
-        [py, "-m", "tokenizer", "train", "--input", f"{root}/split/train", "--out", str(tok),
-         "--config", str(REPO / "configs" / "tokenizer_tiny.yaml"), "vocab_size=512"],
-        [py, "-m", "tokenizer", "encode", "--input", f"{root}/split/train", "--tokenizer", str(tok),
-         "--output", f"{root}/tokens", "progress=false"],
+def _data_cmd(inp: str, out: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "data_pipeline", *_data_args(inp, out, *extra)]
+
+
+SPLIT = (
+    "import sys; from data_pipeline.split import split_heldout; "
+    "split_heldout(sys.argv[1], sys.argv[2], 0.1, 2, 0)"
+)
+
+
+def _chain_steps(root: str, corpus: str, tok: Path) -> list[tuple[str, list[str]]]:
+    """(program, arguments): data -> minhash -> split -> tokenizer -> encode, every stage under
+    `root` (a folder or URL)."""
+    return [
+        ("data_pipeline", _data_args(corpus, f"{root}/data")),
+        ("data_pipeline", ["minhash", "--input", f"{root}/data", "--output", f"{root}/dedup",
+                           "progress=false"]),
+        ("split", [f"{root}/dedup", f"{root}/split"]),
+        ("tokenizer", ["train", "--input", f"{root}/split/train", "--out", str(tok),
+                       "--config", str(REPO / "configs" / "tokenizer_tiny.yaml"), "vocab_size=512"]),
+        ("tokenizer", ["encode", "--input", f"{root}/split/train", "--tokenizer", str(tok),
+                       "--output", f"{root}/tokens", "progress=false"]),
     ]  # fmt: skip
-    for cmd in steps:
+
+
+def _chain(root: str, corpus: str, tok: Path, env: dict) -> None:
+    """The chain as a user runs it: each stage its own process, with its own local Ray."""
+    for prog, args in _chain_steps(root, corpus, tok):
+        head = ["-c", SPLIT] if prog == "split" else ["-m", prog]
+        cmd = [sys.executable, *head, *args]
         res = subprocess.run(cmd, env=_env(env), cwd=CWD, capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, f"{cmd}\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}"
+
+
+def _chain_here(root: str, corpus: str, tok: Path) -> None:
+    """The same commands called in this process, on the session's Ray (`ray_local`): the same
+    configs and inputs, so the same bytes, without a Ray started and stopped for each stage."""
+    from data_pipeline.cli import main as data_main
+    from data_pipeline.split import split_heldout
+    from tokenizer.cli import main as tokenizer_main
+
+    for prog, args in _chain_steps(root, corpus, tok):
+        if prog == "split":
+            split_heldout(args[0], args[1], 0.1, 2, 0)  # as SPLIT
+        else:
+            assert {"data_pipeline": data_main, "tokenizer": tokenizer_main}[prog](args) == 0, args
 
 
 def _read_json(fs, path: str):
@@ -97,14 +128,14 @@ def _shards(fs, stage: str) -> list[tuple]:
     return [(e["path"], e["rows"], e["sha256"]) for e in _read_json(fs, f"{stage}/manifest.json")["shards"]]
 
 
-def test_tiny_chain_on_s3_equals_local_disk_and_resumes_after_kill(s3, small_corpus, tmp_path):
+def test_tiny_chain_on_s3_equals_local_disk_and_resumes_after_kill(s3, small_corpus, ray_local, tmp_path):
     global CWD
     env, fs = s3
     CWD = tmp_path / "cwd"
     CWD.mkdir()
     fs.put(str(small_corpus / "raw"), f"{BUCKET}/corpus/raw", recursive=True)
     url = f"s3://{BUCKET}/runs"
-    _chain(str(tmp_path / "local"), str(small_corpus / "raw"), tmp_path / "tok_local", env)
+    _chain_here(str(tmp_path / "local"), str(small_corpus / "raw"), tmp_path / "tok_local")
     _chain(url, f"s3://{BUCKET}/corpus/raw", tmp_path / "tok_s3", env)
 
     # Every stage's shards, byte for byte, and its counts, as on local disk.
