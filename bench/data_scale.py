@@ -179,12 +179,17 @@ def run_stage(stage: str, inp: Path, out: Path, budget_mb: int | None, shard_mb:
         if task_at > end:
             peak_step = name
         end += sec
-    by_task: dict[str, float] = {}  # a task's own peak: less what its worker's earlier tasks left
-    process: dict[str, float] = {}  # the worker process's peak while the task ran
+    # Per task function, the highest of: a task's own peak (less what its worker's earlier tasks
+    # left), the worker process's peak while it ran; each as RSS and as private memory (RSS less
+    # shared pages: what the budget holds, see pretrain.core.memory).
+    figures = {
+        k: {} for k in ("task_rss_bytes", "peak_rss_bytes", "task_private_bytes", "peak_private_bytes")
+    }
     for line in task_log.read_text().splitlines():
         t = json.loads(line)
-        by_task[t["task"]] = max(by_task.get(t["task"], 0), round(t["task_rss_bytes"] / 2**20, 1))
-        process[t["task"]] = max(process.get(t["task"], 0), round(t["peak_rss_bytes"] / 2**20, 1))
+        for k, by_task in figures.items():
+            by_task[t["task"]] = max(by_task.get(t["task"], 0), round(t[k] / 2**20, 1))
+    by_task, process = figures["task_rss_bytes"], figures["peak_rss_bytes"]
     return {
         **res,
         "driver_peak_rss_mib": round(driver / 2**20, 1),
@@ -192,6 +197,9 @@ def run_stage(stage: str, inp: Path, out: Path, budget_mb: int | None, shard_mb:
         "task_peak_rss_mib_by_task": by_task,
         "process_peak_rss_mib": max(process.values()),
         "process_peak_rss_mib_by_task": process,
+        "task_peak_private_mib": max(figures["task_private_bytes"].values()),
+        "task_peak_private_mib_by_task": figures["task_private_bytes"],
+        "process_peak_private_mib": max(figures["peak_private_bytes"].values()),
         "worker_peak_rss_mib": round(task / 2**20, 1),
         "worker_peak_step": peak_step,
     }
@@ -252,6 +260,24 @@ def growth(small: dict, large: dict) -> dict:
     }
 
 
+def budget_check(runs: list[dict], budget_mb: int | None) -> dict:
+    """With a budget set: the highest peaks of any task at either size, as RSS (the process's, and
+    the task's own) and as private memory (what the budget holds), against 1.25x the budget."""
+    if not budget_mb:
+        return {}
+    peak = {
+        k: max(r[s][k] for r in runs for s in ("exact", "minhash"))
+        for k in (
+            "process_peak_rss_mib",
+            "task_peak_rss_mib",
+            "process_peak_private_mib",
+            "task_peak_private_mib",
+        )
+    }
+    return {"budget_peaks_mib": peak, "budget_limit_mib": budget_mb * 1.25,
+            "within_budget": all(v <= budget_mb * 1.25 for v in peak.values())}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="two document counts, 10x apart")
@@ -293,6 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
                 for label, key in (
                     ("task peak MiB", "task_peak_rss_mib_by_task"),
                     ("process MiB", "process_peak_rss_mib_by_task"),
+                    ("task private", "task_peak_private_mib_by_task"),
                 ):
                     print(f"    {label:<14}" + "  ".join(f"{k} {v}" for k, v in s[key].items()))
     results = {
@@ -301,6 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
         "budget_mb": args.budget_mb,
         "target_shard_mb": args.target_shard_mb,
         **growth(runs[0], runs[1]),
+        **budget_check(runs, args.budget_mb),
         "runs": runs,
         "targets": TARGETS,
         "bench_s": round(time.perf_counter() - t0, 1),

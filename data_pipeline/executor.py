@@ -123,7 +123,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         )  # fmt: skip
         pieces = [p for rec in merged for p in rec["pieces"]]
         pieces += [whole_piece(str(hash_run_path(out, names[a]))) for a, b in groups if b - a == 1]
-        Q = num_partitions(sum(rows), HASH_ROW_BYTES, budget, cfg.exact_dedup.num_partitions)
+        # a reducer opens about one piece per group: with many groups, it reads several chunks
+        Q = num_partitions(sum(rows), HASH_ROW_BYTES, budget, cfg.exact_dedup.num_partitions, len(groups))
         dedup_fp = config_hash([merge_fp, Q])
         dups = _run_reducers(
             cfg, out, progress, "exact_dedup", dedup_partition, "dups",

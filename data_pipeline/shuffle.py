@@ -18,6 +18,8 @@ besides its own rows, whatever the number of reducers. So
   which never split a key, so a result never depends on the number of reducers or chunks;
 - a run carries a sample of its keys in its schema's metadata, so a RunSet reads one footer per
   run to plan, never the key column;
+- a RunSet maps each run once and drops the pages it touched after each read, so a reducer may
+  read many chunks (`num_partitions(..., num_runs)`) without reopening runs or holding pages;
 - when map tasks are many and small (one run per input unit), `merge_groups` + `merge_runs` first
   merge runs of consecutive units, at most MERGE_FAN_IN at a time, into *pieces*: runs of at most
   a chunk of rows, each holding one key range [lo, hi) of its group. A reducer then opens only the
@@ -35,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from pretrain.core.files import atomic_path
-from pretrain.core.memory import rss_bytes
+from pretrain.core.memory import private_bytes, release_mapped_pages
 from pretrain.core.shards import write_table
 
 KEY_SPACE = 1 << 64
@@ -50,9 +52,11 @@ REDUCER_BYTES = 64 << 20
 SAMPLE_STRIDE = 512  # a run's keys a RunSet keeps: one in this many (at most, at least 64 per run)
 MIN_CHUNK_ROWS = 4096  # below this a chunk's fixed costs dominate; a tiny budget still progresses
 CHUNK_SLACK = 1.25  # a reducer's range holds REDUCER_BYTES on average: up to this much more in one chunk
+# Runs a reducer may open per chunk it reads: opening one costs 0.2-0.3 ms, reading and processing a
+# chunk of REDUCER_BYTES ~30 ms (MinHash's candidates, 666k band rows), so at 16 the opens are ~10%.
+RUNS_PER_CHUNK = 16
 MERGE_FAN_IN = 256  # runs one merge task reads: its mapped pages per chunk stay a few MiB
 MERGE_BYTES = 1 << 30  # rows (at their task bytes) one merge group holds at most: groups stay parallel
-MAP_CACHE_RUNS = 256  # runs a RunSet keeps mapped from its footers to its first read (footer pages only)
 _SAMPLE = b"pretrain.run.sample"  # schema metadata of a run: every stride-th key, little-endian u64
 _STRIDE = b"pretrain.run.stride"
 _ROWS = b"pretrain.run.rows"
@@ -62,7 +66,7 @@ def write_run(path: str | Path, table: pa.Table, key: str) -> dict:
     """Write `table` sorted by its uint64 column `key` as one Arrow IPC file, atomically."""
     keys = table.column(key).to_numpy()
     if len(keys) > 1 and np.any(keys[1:] < keys[:-1]):
-        table = table.take(np.argsort(keys, kind="stable"))
+        table = table.take(sort_order(keys))
     table = table.combine_chunks()
     keys = table.column(key).to_numpy()
     stride = _stride(len(keys))
@@ -84,16 +88,22 @@ def key_range(q: int, num_partitions: int) -> tuple[int, int]:
     return q * KEY_SPACE // num_partitions, (q + 1) * KEY_SPACE // num_partitions
 
 
-def num_partitions(num_rows: int, bytes_per_row: float, budget_bytes: int, override: int | None) -> int:
+def num_partitions(
+    num_rows: int, bytes_per_row: float, budget_bytes: int, override: int | None, num_runs: int = 0
+) -> int:
     """Reducers of a shuffle: the `override` when set, else enough that each one's rows, at
     `bytes_per_row` of task memory each (the measured peak of its step, temporaries included), fill
     at most REDUCER_BYTES, or half of `budget_bytes` (the rest: the worker process itself, and
     skew) when that is less. A fixed size per reducer, not a fixed count, keeps every task's memory
-    and time the same whatever the size of the data."""
+    and time the same whatever the size of the data. When each reducer reads all of `num_runs` runs,
+    one reducer reads the range of ceil(num_runs / RUNS_PER_CHUNK) of those, chunk by chunk
+    (`RunSet.chunks`): it opens each run once, so opening runs stays a small part of a task however
+    many runs there are, and its memory is still one chunk's."""
     if override:
         return override
     target = min(REDUCER_BYTES, (budget_bytes or DEFAULT_TASK_BUDGET_BYTES) / 2)
-    return max(1, min(MAX_PARTITIONS, math.ceil(num_rows * bytes_per_row / target)))
+    chunks = math.ceil(num_rows * bytes_per_row / target)
+    return max(1, min(MAX_PARTITIONS, math.ceil(chunks / max(1, math.ceil(num_runs / RUNS_PER_CHUNK)))))
 
 
 def unit_ranges(num_units: int, num_reducers: int) -> list[tuple[int, int]]:
@@ -103,12 +113,12 @@ def unit_ranges(num_units: int, num_reducers: int) -> list[tuple[int, int]]:
 
 
 def chunk_rows(budget_bytes: int, bytes_per_row: float) -> int:
-    """Rows a task may hold at once: what is left of its budget (less what the process already
-    holds) at `bytes_per_row` each, at most a reducer's REDUCER_BYTES (so a task's memory does not
+    """Rows a task may hold at once: what is left of its budget (less the private memory the
+    process already holds) at `bytes_per_row` each, at most a reducer's REDUCER_BYTES (so a task's memory does not
     grow with its range either; with CHUNK_SLACK, so that a range `num_partitions` sized reads in
     one chunk although counts are estimates), and at least MIN_CHUNK_ROWS."""
     budget = budget_bytes or DEFAULT_TASK_BUDGET_BYTES
-    free = min(REDUCER_BYTES * CHUNK_SLACK, max(0, budget - rss_bytes()) * 0.8)
+    free = min(REDUCER_BYTES * CHUNK_SLACK, max(0, budget - private_bytes()) * 0.8)
     return max(MIN_CHUNK_ROWS, int(free / bytes_per_row))
 
 
@@ -151,34 +161,31 @@ def pieces_in(pieces: list[dict], lo: int, hi: int) -> list[str]:
 
 class RunSet:
     """The runs a reducer reads: counts and reads key ranges across all of them. It plans from a
-    sample of each run's keys (every SAMPLE_STRIDE-th, from the run's footer). File pages a task
-    has touched count in its RSS while mapped (64 KiB or more per touch, with the kernel's
-    fault-around), so it maps a run only while reading from it: its memory does not grow with the
-    number of runs or the rows it has read. Opening a run costs 0.3-0.4 ms (measured here), which
-    grows as runs x reducers, so the first read uses the runs mapped to read their footers (at most
-    MAP_CACHE_RUNS of them) rather than opening them again; a reducer sized by `num_partitions`
-    reads its range in one chunk (`chunk_rows`), so it opens each run once."""
+    sample of each run's keys (every SAMPLE_STRIDE-th, from the run's footer). Each run is mapped
+    once, for the RunSet's life: opening one costs 0.2-0.3 ms (measured here), and a reducer that
+    reopened every run for each chunk would pay runs x chunks of them. File pages a task has touched
+    count in its RSS while mapped (64 KiB or more per touch, with the kernel's fault-around), so
+    after planning and after each read the RunSet drops the pages it touched from the process
+    (`release_mapped_pages`; they stay in the page cache): its memory does not grow with the number
+    of runs, chunks or rows it has read."""
 
     def __init__(self, paths: list[str], key: str):
         self.key = key
         self.runs: list[tuple[str, int, int, np.ndarray]] = []  # path, rows, stride, sampled keys
-        self._tables: dict[int, pa.Table] = {}  # runs mapped since the last read, by index
+        self._maps: list[tuple[pa.Buffer, pa.Table]] = []  # each run's mapping, and its table on it
         for p in paths:
-            table = _open_run(p)
+            mapping, table = _map_run(p)
             n, stride, sample = _run_sample(table, key)
             if n:
                 self.runs.append((str(p), n, stride, sample))
-                if _SAMPLE in (table.schema.metadata or {}) and len(self._tables) < MAP_CACHE_RUNS:
-                    self._tables[len(self.runs) - 1] = table  # only its footer was read: no pages held
-            del table
+                self._maps.append((mapping, table))
+            else:
+                release_mapped_pages(mapping)
+        self._release()
 
-    def _table(self, i: int) -> pa.Table:
-        table = self._tables.get(i)
-        return table if table is not None else _open_run(self.runs[i][0])
-
-    @property
-    def num_rows(self) -> int:
-        return sum(n for _, n, _, _ in self.runs)
+    def _release(self) -> None:
+        for mapping, _ in self._maps:
+            release_mapped_pages(mapping)
 
     def count(self, lo: int, hi: int) -> int:
         """Rows with lo <= key < hi, within a stride per run at each end (from the samples)."""
@@ -196,7 +203,7 @@ class RunSet:
             first, end = max(0, (a - 1) * stride), min(n, b * stride + 1)  # the rows can only be here
             if end <= first:
                 continue
-            table = self._table(r)
+            table = self._maps[r][1]
             keys = table.column(self.key).chunk(0).to_numpy()[first:end]
             i, j = _bounds(keys, lo, hi)
             if j > i:
@@ -205,7 +212,7 @@ class RunSet:
         if not parts:
             return None
         table = pa.concat_tables(parts).combine_chunks()
-        self._tables.clear()  # unmapped once the tables `read` returned are gone too
+        self._release()  # a table of one part is still on the mapping: its pages come back when read
         meta = {k: v for k, v in (table.schema.metadata or {}).items() if k not in (_SAMPLE, _STRIDE, _ROWS)}
         return table.replace_schema_metadata(meta or None)  # the sample was the run's, not the rows'
 
@@ -240,9 +247,12 @@ def _run_sample(table: pa.Table, key: str) -> tuple[int, int, np.ndarray]:
     return table.num_rows, stride, keys[::stride].copy()
 
 
-def _open_run(path: str | Path) -> pa.Table:
+def _map_run(path: str | Path) -> tuple[pa.Buffer, pa.Table]:
+    """A run mapped into memory (no page read yet), as the buffer of the whole file and the table on
+    it (which reads its footer: a few pages, and the sample in its schema)."""
     with pa.memory_map(str(path)) as source:  # buffers keep the mapping alive after close
-        return pa.ipc.open_file(source).read_all()
+        mapping = source.read_buffer()
+    return mapping, pa.ipc.open_file(mapping).read_all()
 
 
 def _bounds(keys: np.ndarray, lo: int, hi: int) -> tuple[int, int]:
@@ -250,6 +260,30 @@ def _bounds(keys: np.ndarray, lo: int, hi: int) -> tuple[int, int]:
     a = int(np.searchsorted(keys, keys.dtype.type(lo), side="left"))
     b = len(keys) if hi >= KEY_SPACE else int(np.searchsorted(keys, keys.dtype.type(hi), side="left"))
     return a, b
+
+
+def sort_order(*cols: np.ndarray) -> np.ndarray:
+    """The stable order of rows by integer columns, cols[0] first: what np.lexsort(cols[::-1])
+    gives, rows equal in every column in their input order. np.lexsort runs one stable sort per
+    column; this sorts cols[0] once with numpy's default introsort (SIMD where the CPU has it: 10x
+    faster on 666k uint64 hash keys here, and blind to how many sorted runs the rows came from, where
+    a stable merge sort grows with their log), then sorts only the rows whose first column ties, by
+    the other columns and their position. Hash keys tie in a few rows (the duplicates), so that
+    second sort is small; at worst, all tied, it is the lexsort itself."""
+    first = cols[0]
+    order = np.argsort(first)
+    if len(order) < 2:
+        return order.astype(np.int64, copy=False)
+    ranked = first[order]
+    tied = np.zeros(len(order), dtype=bool)
+    tied[1:] = ranked[1:] == ranked[:-1]
+    tied[:-1] |= tied[1:]
+    del ranked
+    pos = np.flatnonzero(tied)
+    if len(pos):  # whole groups of equal first values, in order: sorting them in place keeps the rest
+        sub = np.sort(order[pos])  # positions, so that lexsort's last tiebreak is the input order
+        order[pos] = sub[np.lexsort((*(c[sub] for c in cols[:0:-1]), first[sub]))]
+    return order
 
 
 def mix64(x: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from data_pipeline import shuffle
 from data_pipeline.corpus.short_docs import sentence_pool, short_docs
 from data_pipeline.groundtruth import read_outputs
 from data_pipeline.shuffle import (
@@ -20,9 +21,11 @@ from data_pipeline.shuffle import (
     merge_runs,
     num_partitions,
     pieces_in,
+    sort_order,
     whole_piece,
     write_run,
 )
+from pretrain.core.memory import rss_bytes
 from tests.pipeline_helpers import run_minhash, write_doc_stage
 
 NUM_DOCS = 3000
@@ -57,6 +60,46 @@ def test_runs_read_by_range_and_chunk_without_splitting_a_key(tmp_path):
             assert keys.min() >= lo and keys.max() < hi
     assert total == 10_000
     assert [c for c in chunks if c[0] <= 12345 < c[1]] == [(12345, 12346)]
+
+
+def test_sort_order_is_a_stable_lexsort():
+    """sort_order: one fast sort of the first column, then the tied rows by the rest and their
+    position: the very order of np.lexsort, for any share of ties."""
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 2, 7, 5000):
+        for high in (2, 40, 1 << 62):  # almost all tied, some, almost none
+            a = rng.integers(0, high, n).astype(np.uint64)
+            b = rng.integers(0, 3, n).astype(np.uint16)
+            c = rng.integers(-5, 5, n)
+            assert sort_order(a, b, c).tolist() == np.lexsort((c, b, a)).tolist()
+            assert sort_order(a).tolist() == np.argsort(a, kind="stable").tolist()
+
+
+def test_runset_maps_each_run_once_and_holds_no_pages_between_reads(tmp_path, monkeypatch):
+    """A RunSet opens each run once, however many chunks it reads, and drops the pages it touched
+    after each read: RSS after reading all of 8 runs (64 MiB of keys) in chunks stays near where it
+    began."""
+    rng = np.random.default_rng(1)
+    n = 1 << 20
+    paths = [
+        write_run(
+            tmp_path / f"r{i}.arrow", pa.table({"key": rng.integers(0, 1 << 64, n, dtype=np.uint64)}), "key"
+        )["path"]
+        for i in range(8)
+    ]
+    opened = []
+    real_map_run = shuffle._map_run
+    monkeypatch.setattr(shuffle, "_map_run", lambda p: opened.append(p) or real_map_run(p))
+    runs = RunSet(paths, "key")
+    start, total = rss_bytes(), 0
+    for lo, hi in runs.chunks(0, KEY_SPACE, max_rows=n // 2):
+        table = runs.read(lo, hi)
+        total += table.num_rows
+        keys = table.column("key").to_numpy()
+        assert keys.min() >= lo and (hi == KEY_SPACE or keys.max() < hi)
+        del table, keys
+    assert total == 8 * n and sorted(opened) == sorted(paths)
+    assert rss_bytes() - start < 24 << 20, (rss_bytes() - start) >> 20
 
 
 def test_runs_carry_their_key_sample_and_merge_into_pieces_by_key_range(tmp_path):
@@ -100,8 +143,6 @@ def test_runs_carry_their_key_sample_and_merge_into_pieces_by_key_range(tmp_path
 
 
 def test_merge_groups_bound_fan_in_and_rows(monkeypatch):
-    from data_pipeline import shuffle
-
     assert merge_groups([], 100) == []
     assert merge_groups([10] * 600, 100) == [(0, 256), (256, 512), (512, 600)]
     monkeypatch.setattr(shuffle, "MERGE_BYTES", 1000)
@@ -116,6 +157,11 @@ def test_partitions_follow_rows_and_budget():
     assert num_partitions(10_000_000, 100, 64 << 30, None) == 15
     assert num_partitions(100_000_000, 100, 1 << 30, None) == 150  # 10x the rows, 10x the reducers
     assert num_partitions(100_000_000, 100, 1 << 30, 4) == 4  # the override wins
+    # every reducer reads all of num_runs runs: one reads ceil(num_runs / RUNS_PER_CHUNK) chunks
+    assert num_partitions(100_000_000, 100, 1 << 30, None, num_runs=16) == 150
+    assert num_partitions(100_000_000, 100, 1 << 30, None, num_runs=17) == 75
+    assert num_partitions(100_000_000, 100, 1 << 30, None, num_runs=100) == 22  # 7 chunks each
+    assert num_partitions(1_000_000, 100, 1 << 30, None, num_runs=100) == 1
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ def _signature_shard_whole(
     )
     has_shingles = ~(sigs == EMPTY_VALUE).all(axis=1)
     keys = band_keys(sigs[has_shingles], bands, rows)
-    band_path = work / "bands" / f"{name}.arrow"
+    band_path = work / "bands" / f"{name}.0000.arrow"
     run = write_run(
         band_path,
         pa.table(
@@ -73,6 +73,7 @@ def _signature_shard_whole(
         "fingerprint": fingerprint,
         "num_in": table.num_rows,
         "num_band_rows": run["rows"],
+        "band_runs": [str(band_path)],
         "scheme": hasher.scheme_id,
         "num_without_shingles": int((~has_shingles).sum()),
         "seconds": round(time.perf_counter() - t0, 3),
@@ -126,9 +127,10 @@ def _run(fn, shard_path: Path, out: Path, shard_index: int = 7) -> tuple[dict, d
     name = shard_path.stem
     files = {
         kind: (work / kind / f"{name}.{ext}").read_bytes()
-        for kind, ext in (("sig", "npy"), ("nodes", "parquet"), ("bands", "arrow"))
+        for kind, ext in (("sig", "npy"), ("nodes", "parquet"), ("bands", "0000.arrow"))
     }
     rec = {k: v for k, v in rec.items() if k not in ("seconds", "outputs")}
+    rec["band_runs"] = [Path(p).relative_to(out) for p in rec["band_runs"]]  # the same in any output
     return rec, files
 
 
@@ -163,6 +165,37 @@ def test_node_file_written_in_row_groups_keeps_its_rows(shard, tmp_path, monkeyp
     meta = pq.ParquetFile(tmp_path / "streamed" / path).metadata
     assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == [300, 300, 300, 100]
     assert pq.read_table(tmp_path / "streamed" / path).equals(pq.read_table(tmp_path / "whole" / path))
+
+
+def test_band_runs_of_what_the_budget_holds_give_the_same_candidates(shard, tmp_path, monkeypatch):
+    """A shard's band keys go to one run per run of documents the task's budget holds: here 300
+    (batches of 128), so 1,000 documents give 4 runs. Together they hold the rows of the one run
+    written when all fit, and the candidates step finds the same pairs in them."""
+    want_rec, _ = _run(steps.signature_shard, shard, tmp_path / "whole")
+    monkeypatch.setattr(steps, "SIG_BATCH_ROWS", 128)
+    monkeypatch.setattr(steps, "chunk_rows", lambda budget, bytes_per_row: 300)
+    cfg = MinHashConfig()
+    bands, rows = cfg.bands_rows()
+    got_rec = steps.signature_shard(str(shard), 7, cfg, bands, rows, str(tmp_path / "runs"), {"input": "x"})
+    assert len(got_rec["band_runs"]) == 4 and got_rec["num_band_rows"] == want_rec["num_band_rows"]
+    assert got_rec["num_without_shingles"] == want_rec["num_without_shingles"]
+    runs = [pa.ipc.open_file(p).read_all() for p in got_rec["band_runs"]]
+    assert all(t.num_rows <= 300 * bands for t in runs)
+    assert all(np.all(np.diff(t.column("key").to_numpy().astype(np.float64)) >= 0) for t in runs)
+    order = [("key", "ascending"), ("band", "ascending"), ("node", "ascending")]
+    (whole_run,) = [str(tmp_path / "whole" / p) for p in want_rec["band_runs"]]
+    whole = pa.ipc.open_file(whole_run).read_all()
+    assert pa.concat_tables(runs).sort_by(order).equals(whole.sort_by(order))
+    monkeypatch.undo()  # the candidates step reads each set of runs in one chunk
+    pairs = []
+    for out, band_runs in (
+        (tmp_path / "whole", [whole_run]),
+        (tmp_path / "runs", got_rec["band_runs"]),
+    ):
+        rec = steps.candidate_partition(0, 1, band_runs, 1 << 30, str(out), "fp")
+        table = pa.concat_tables([pa.ipc.open_file(p).read_all() for p in rec["runs"]])
+        pairs.append(table.sort_by([("src", "ascending"), ("dst", "ascending")]))
+    assert pairs[0].num_rows > 0 and pairs[0].equals(pairs[1])
 
 
 def test_empty_shard(tmp_path):

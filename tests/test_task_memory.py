@@ -11,14 +11,16 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pytest
 from ray import cloudpickle
 
 from data_pipeline.executor import run_pipeline
 from pretrain.core import memory
 from pretrain.core.config import ConfigError, from_dict
-from pretrain.core.memory import MemoryGuard, TaskOutOfMemory, rss_bytes
-from pretrain.core.runner import PipelineError, RayConfig, ray_map, task_memory_bytes
+from pretrain.core.memory import MemoryGuard, TaskOutOfMemory, private_bytes, release_mapped_pages, rss_bytes
+from pretrain.core.runner import MEMORY_FIGURES, PipelineError, RayConfig, ray_map, task_memory_bytes
 from tests.pipeline_helpers import REPO, pipeline_config
 
 MiB = 1 << 20
@@ -34,7 +36,7 @@ def _hungry(num_mb: int, tries_file: str) -> dict:
 
 
 def test_guard_raises_in_the_task_past_its_limit():
-    limit = rss_bytes() + 160 * MiB
+    limit = private_bytes() + 160 * MiB
     chunks = []
     with pytest.raises(TaskOutOfMemory), MemoryGuard(limit, interval_s=0.01) as guard:
         for _ in range(200):  # 3.2 GiB if nothing stopped it
@@ -46,18 +48,43 @@ def test_guard_raises_in_the_task_past_its_limit():
 
 
 def test_guard_within_its_limit_measures_the_peak():
-    with MemoryGuard(rss_bytes() + 512 * MiB, interval_s=0.01) as guard:
+    with MemoryGuard(private_bytes() + 512 * MiB, interval_s=0.01) as guard:
         data = bytearray(64 * MiB)
         time.sleep(0.05)
     assert not guard.tripped and guard.peak_bytes >= 64 * MiB and len(data)
+    assert guard.peak_rss_bytes >= guard.peak_bytes  # RSS counts the shared pages too
+
+
+def test_budget_counts_private_memory_not_mapped_file_pages(tmp_path):
+    """A mapped file's pages are RSS but not private memory (page cache, as Ray's memory monitor
+    counts: rss - shared); `release_mapped_pages` takes them out of RSS, and a read brings them back
+    unchanged."""
+    path = tmp_path / "run.arrow"
+    data = np.arange(32 * MiB // 8, dtype=np.uint64)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, pa.schema([("x", pa.uint64())])) as w:
+        w.write_table(pa.table({"x": data}))
+    with pa.memory_map(str(path)) as source:
+        mapping = source.read_buffer()
+    column = pa.ipc.open_file(mapping).read_all().column("x").chunk(0).to_numpy()
+    private0, rss0 = private_bytes(), rss_bytes()
+    with MemoryGuard(private0 + 16 * MiB, interval_s=0.01) as guard:
+        total = int(column.sum())  # touches all 32 MiB of the mapping
+        time.sleep(0.05)
+        touched = rss_bytes()
+    assert not guard.tripped and total == int(data.sum())
+    assert touched - rss0 >= 30 * MiB and guard.peak_rss_bytes >= touched
+    assert guard.peak_bytes - private0 < 8 * MiB
+    release_mapped_pages(mapping)
+    assert rss_bytes() - rss0 < 8 * MiB
+    assert int(column.sum()) == total
 
 
 def test_what_earlier_tasks_of_a_worker_left_is_not_charged_to_the_next(monkeypatch):
-    monkeypatch.setattr(memory, "_first_task_rss", [])  # a fresh worker
+    monkeypatch.setattr(memory, "_first_task", [])  # a fresh worker
     with MemoryGuard(0):
         cache = bytearray(256 * MiB)  # kept by the worker after its first task, like the chain's models
-    budget = memory._first_task_rss[0] + 128 * MiB  # below the worker's RSS with the cache
-    assert rss_bytes() > budget
+    budget = memory._first_task[0][0] + 128 * MiB  # below the worker's memory with the cache
+    assert private_bytes() > budget
     with MemoryGuard(budget, interval_s=0.01) as second:  # not over at the start: the cache is not its own
         more = [bytearray(16 * MiB) for _ in range(4)]
         time.sleep(0.05)
@@ -96,10 +123,12 @@ def test_task_over_budget_fails_after_bounded_retries_naming_unit_and_budget(
     assert results["small"]["allocated_mb"] == 32 and tries["small"].read_text() == "x"
     assert results["small"]["peak_rss_bytes"] > 32 * MiB
     logged = [json.loads(line) for line in (tmp_path / "tasks.jsonl").read_text().splitlines()]
-    assert [(t["task"], t["key"], t["peak_rss_bytes"], t["task_rss_bytes"]) for t in logged] == [
-        ("_hungry", "small", results["small"]["peak_rss_bytes"], results["small"]["task_rss_bytes"])
+    assert [(t["task"], t["key"], *(t[k] for k in MEMORY_FIGURES)) for t in logged] == [
+        ("_hungry", "small", *(results["small"][k] for k in MEMORY_FIGURES))
     ]  # the failed task is not logged as finished
     assert 0 < results["small"]["task_rss_bytes"] <= results["small"]["peak_rss_bytes"]
+    assert 0 < results["small"]["task_private_bytes"] <= results["small"]["peak_private_bytes"]
+    assert results["small"]["peak_private_bytes"] < results["small"]["peak_rss_bytes"]
 
 
 def test_budget_no_node_can_give_is_refused(ray_local):

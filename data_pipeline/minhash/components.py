@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_pipeline.shuffle import mix64
+from data_pipeline.shuffle import mix64, sort_order
 from pretrain.core.files import atomic_path, read_json, write_json
 from pretrain.core.hashing import file_fingerprint
 from pretrain.core.runner import raise_errors, ray_map
@@ -385,8 +385,7 @@ def _part_path(out_dir: Path, partition: int) -> Path:
 
 def _unique_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct (a, b) pairs sorted by a then b."""
-    by_b = np.argsort(b, kind="stable")  # two stable sorts: same order as np.lexsort, about 2x faster
-    order = by_b[np.argsort(a[by_b], kind="stable")]
+    order = sort_order(a, b)
     a, b = a[order], b[order]
     keep = np.ones(len(a), dtype=bool)
     keep[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])

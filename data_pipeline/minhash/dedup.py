@@ -34,6 +34,7 @@ from data_pipeline.inputs import carry_read_rejects, stage_dir_of_inputs
 from data_pipeline.minhash import steps
 from data_pipeline.minhash.components import COMPONENT_EDGE_BYTES, components, union_find_limit
 from data_pipeline.minhash.lsh import choose_bands_rows, format_s_curve
+from data_pipeline.minhash.signatures import MinHasher
 from data_pipeline.pack import PackSource, ShardSizeConfig, pack_shards
 from data_pipeline.readers import InputConfig, scan_inputs, unit_fingerprints
 from data_pipeline.shuffle import DEFAULT_TASK_BUDGET_BYTES, num_partitions, unit_ranges
@@ -246,25 +247,33 @@ def run_minhash_dedup(cfg: MinHashRunConfig) -> dict[str, Any]:
         | {"bands": bands, "rows": rows}
     )
     sig_fp = {
-        n: {"input": fp, "scheme": scheme, "index": i} for i, (n, fp) in enumerate(zip(names, shard_fps))
+        n: {"input": fp, "scheme": scheme, "index": i, "layout": steps.LAYOUT_VERSION}
+        for i, (n, fp) in enumerate(zip(names, shard_fps))
     }
+    hasher = MinHasher(num_perm=mh.num_perm, seed=mh.seed, ngram=mh.ngram, mode=mh.mode)  # sent to the tasks
+    ensure_ray(cfg.ray)
+    budget = task_memory_bytes(cfg.ray) or DEFAULT_TASK_BUDGET_BYTES  # bytes one task may hold
     sig = phase(
         "signatures",
         steps.signature_shard,
         [
-            (n, work / "sig" / f"{n}.done.json", sig_fp[n], (str(s), i, mh, bands, rows, str(out), sig_fp[n]))
+            (
+                n,
+                work / "sig" / f"{n}.done.json",
+                sig_fp[n],
+                (str(s), i, mh, bands, rows, str(out), sig_fp[n], hasher, budget),
+            )
             for i, (n, s) in enumerate(zip(names, shards))
         ],
     )
     fp = config_hash([steps.LAYOUT_VERSION, *(sig_fp[n] for n in names)])
-    ensure_ray(cfg.ray)
-    budget = task_memory_bytes(cfg.ray) or DEFAULT_TASK_BUDGET_BYTES  # bytes one task may hold
 
-    def reducers(step: str, num_rows: int, bytes_per_row: float) -> int:
-        return num_partitions(num_rows, bytes_per_row, budget, mh.partitions_of(step))
+    def reducers(step: str, num_rows: int, bytes_per_row: float, num_runs: int = 0) -> int:
+        return num_partitions(num_rows, bytes_per_row, budget, mh.partitions_of(step), num_runs)
 
-    band_runs = [str(work / "bands" / f"{n}.arrow") for n in names]
-    Q = reducers("candidates", sum(sig[n]["num_band_rows"] for n in names), steps.BAND_ROW_BYTES)
+    band_runs = [p for n in names for p in sig[n]["band_runs"]]  # one or more per shard
+    num_band_rows = sum(sig[n]["num_band_rows"] for n in names)
+    Q = reducers("candidates", num_band_rows, steps.BAND_ROW_BYTES, len(band_runs))  # each reads every run
     cfp = config_hash([fp, Q])
     cand = phase(
         "candidates",

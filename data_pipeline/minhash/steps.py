@@ -5,8 +5,9 @@ goes through sorted runs (`data_pipeline.shuffle`): a map task writes one run, a
 key range of every run in chunks its memory budget holds, and the number of reducers of each step
 is chosen by the driver from the rows of that step's input.
 1. `signature_shard`: MinHash signatures of one shard (kept as .npy for verification), its nodes'
-   ids and quality scores, and its band buckets as one run keyed by the bucket key; the shard is
-   read by record batches, so only the band run grows with it.
+   ids and quality scores, and its band buckets as runs keyed by the bucket key, one per run of
+   documents its memory budget holds; the shard is read by record batches, so a task's memory is
+   bounded whatever the shard's size.
 2. `candidate_partition`: documents sharing a bucket become candidate edges (star to the bucket's
    first member plus a chain through the members: linear in bucket size, connects all of them),
    one run per chunk keyed by the shard of the pair's `src` node, then a hash of the pair
@@ -42,7 +43,15 @@ import pyarrow.parquet as pq
 from data_pipeline.document import Reject
 from data_pipeline.minhash.lsh import band_keys
 from data_pipeline.minhash.signatures import EMPTY_VALUE, MinHasher
-from data_pipeline.shuffle import RunSet, chunk_rows, key_range, mix64, write_run, write_unit_lists
+from data_pipeline.shuffle import (
+    RunSet,
+    chunk_rows,
+    key_range,
+    mix64,
+    sort_order,
+    write_run,
+    write_unit_lists,
+)
 from data_pipeline.tasks import RejectTally, filter_unit
 from pretrain.core.done import output_fingerprints
 from pretrain.core.files import atomic_path, write_json
@@ -50,7 +59,7 @@ from pretrain.core.memory import release_freed_memory
 from pretrain.core.shards import ShardWriter, parquet_file, write_table
 from pretrain.core.storage import stage_path, stat, work_dir
 
-LAYOUT_VERSION = 4  # bump when a step's files change shape, so old _work records are not reused
+LAYOUT_VERSION = 5  # bump when a step's files change shape, so old _work records are not reused
 EDGE_SCHEMA = pa.schema([("src", pa.int64()), ("dst", pa.int64())])
 NODE_SCHEMA = pa.schema([("node", pa.int64()), ("id", pa.string()), ("score", pa.float64())])
 LIST_SCHEMA = pa.schema(
@@ -80,9 +89,12 @@ SIG_BLOCK_ROWS = 16384  # signatures gathered at once (8 MiB at 128 permutations
 # The signature step reads its shard by batches of about SIG_BATCH_TEXT_BYTES of text, at most
 # SIG_BATCH_ROWS documents (the hasher's own pass), and writes node files NODE_GROUP_ROWS rows at a
 # time (Parquet's default row group: the bytes of one write of the whole table). Its peak grows by
-# 20 bytes per band row while it sorts the band run (340 a document at 17 bands), plus 4 a document
-# and its node rows until written (node, id, score); measured with MemoryGuard on 200k and 880k short
-# documents (a 100 MB shard; 128 permutations): 330 bytes a document over ~100 MiB of fixed costs.
+# SIG_BAND_ROW_BYTES per band row while it sorts a band run (340 a document at 17 bands), plus 4 a
+# document; measured with MemoryGuard on 200k and 880k short documents (a 100 MB shard; 128
+# permutations): 330 bytes a document over ~100 MiB of fixed costs (61 of them since the task gets
+# its hasher from the driver). A band run holds the documents that fit what is left of the budget
+# (`chunk_rows`), so a shard of any size is held to it.
+SIG_BAND_ROW_BYTES = 20
 SIG_BATCH_TEXT_BYTES = 8 << 20
 SIG_BATCH_ROWS = 2048
 NODE_GROUP_ROWS = 1 << 20
@@ -136,28 +148,45 @@ def _shard_batches(pf: pq.ParquetFile, columns: list[str]) -> Iterator[pa.Record
 
 
 def signature_shard(
-    shard_path: str, shard_index: int, cfg, bands: int, rows: int, out_dir: str, fingerprint: Any
+    shard_path: str,
+    shard_index: int,
+    cfg,
+    bands: int,
+    rows: int,
+    out_dir: str,
+    fingerprint: Any,
+    hasher: MinHasher | None = None,
+    budget: int = 0,
 ) -> dict:
     """The shard read by record batches (`_shard_batches`): each batch's signatures are appended to
     the .npy (whose header comes first: the footer gives the rows), its ids and quality scores go to
-    the node file (in row groups of NODE_GROUP_ROWS), and its band keys into one array. Only the
-    band run, one sorted file written at the end, is held whole: its key, band and node (18 bytes a
-    band row; 20 while sorting) and 4 bytes per document; never the shard's texts or signatures."""
+    the node file (in row groups of NODE_GROUP_ROWS), and its band keys into one array, written as
+    a sorted band run each time it holds as many documents as `budget` allows (at least a batch).
+    Only that array is held across batches: key, band and node (18 bytes a band row; 20 while
+    sorting) and 4 bytes per document; never the shard's texts or signatures. `hasher`: the
+    driver's MinHasher of `cfg` (it carries its permutations, so the task does not import
+    datasketch and scipy: 39 MiB of a worker's memory, measured here); built when None."""
     t0 = time.perf_counter()
     out = stage_path(out_dir)
     work = work_dir(out) / "minhash"
     name = stage_path(shard_path).stem
     pf = _open_shard(shard_path)
     num_rows = pf.metadata.num_rows
-    hasher = MinHasher(num_perm=cfg.num_perm, seed=cfg.seed, ngram=cfg.ngram, mode=cfg.mode)
-    keys = np.empty(num_rows * bands, np.uint64)  # band keys of the documents with shingles, in order
-    banded = np.empty(num_rows, np.uint32)  # those documents' rows
+    if hasher is None:
+        hasher = MinHasher(num_perm=cfg.num_perm, seed=cfg.seed, ngram=cfg.ngram, mode=cfg.mode)
+    # Band keys of the documents with shingles, in order, and those documents' rows: at most a run's
+    # worth (what the budget holds, at least a batch), written as one band run each time it fills.
+    run_docs = min(num_rows, max(SIG_BATCH_ROWS, chunk_rows(budget, SIG_BAND_ROW_BYTES * bands + 4)))
+    keys = np.empty(run_docs * bands, np.uint64)
+    banded = np.empty(run_docs, np.uint32)
     shard_bits = np.int64(shard_index) << np.int64(32)
+    band_runs: list[dict] = []
     num_banded = num_read = 0
     sig_path = work / "sig" / f"{name}.npy"
     node_path = work / "nodes" / f"{name}.parquet"
     header = np.lib.format.header_data_from_array_1_0(np.empty((0, cfg.num_perm), np.uint32))
     header["shape"] = (int(num_rows), int(cfg.num_perm))
+
     with (
         atomic_path(sig_path) as tmp,
         open(tmp, "wb") as sig_file,
@@ -174,6 +203,10 @@ def signature_shard(
             # bucket with every other such document, so it takes no part in banding (never a near-dup).
             has_shingles = np.flatnonzero(~(sigs == EMPTY_VALUE).all(axis=1))
             m = len(has_shingles)
+            if num_banded + m > run_docs:
+                path = work / "bands" / f"{name}.{len(band_runs):04d}.arrow"
+                band_runs.append(_write_band_run(path, keys[: num_banded * bands], banded, bands, shard_bits))
+                num_banded = 0
             keys[num_banded * bands : (num_banded + m) * bands] = band_keys(
                 sigs[has_shingles], bands, rows
             ).ravel()
@@ -198,35 +231,46 @@ def signature_shard(
         del group
         if num_read != num_rows:
             raise ValueError(f"Parquet shard {shard_path}: read {num_read} rows, its footer says {num_rows}")
-    # The band run, sorted by key as `write_run` sorts a table (stably: equal keys stay in row, then
-    # band order). A position in `keys` is (index among the banded documents) * bands + band.
-    keys = keys[: num_banded * bands]
+    if num_banded or not band_runs:
+        path = work / "bands" / f"{name}.{len(band_runs):04d}.arrow"
+        band_runs.append(_write_band_run(path, keys[: num_banded * bands], banded, bands, shard_bits))
+    del keys, banded
+    record = {
+        "shard": name,
+        "fingerprint": fingerprint,
+        "num_in": num_rows,
+        "num_band_rows": sum(r["rows"] for r in band_runs),
+        "band_runs": [r["path"] for r in band_runs],
+        "scheme": hasher.scheme_id,
+        "num_without_shingles": num_rows - int(sum(r["docs"] for r in band_runs)),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    paths = [Path(r["path"]) for r in band_runs]
+    return _done(out, work / "sig" / f"{name}.done.json", record, sig_path, node_path, *paths)
+
+
+def _write_band_run(
+    path: Path, keys: np.ndarray, banded: np.ndarray, bands: int, shard_bits: np.int64
+) -> dict:
+    """One band run: `keys` (each banded document's `bands` keys, in order; overwritten) sorted as
+    `write_run` sorts a table (stably: equal keys stay in row, then band order), with each row's band
+    and node. A position in `keys` is (index among the banded documents) * bands + band. Returns
+    write_run's entry and "docs", the documents it bands."""
     release_freed_memory()  # the batches' temporaries, before the sort allocates its arrays
-    order = np.argsort(keys, kind="stable")
+    order = sort_order(keys)
     keys.sort()  # in place: the values of keys[order], without a third array
     band = np.empty(len(order), np.uint16)
     for i in range(0, len(order), SIG_BLOCK_ROWS):
         pos = order[i : i + SIG_BLOCK_ROWS]
         band[i : i + len(pos)] = pos % bands
         order[i : i + len(pos)] = shard_bits | banded[pos // bands]  # the node ids, in place
-    band_path = work / "bands" / f"{name}.arrow"
-    run = write_run(band_path, pa.table({"key": keys, "band": band, "node": order}), "key")
-    del keys, order, band
-    record = {
-        "shard": name,
-        "fingerprint": fingerprint,
-        "num_in": num_rows,
-        "num_band_rows": run["rows"],
-        "scheme": hasher.scheme_id,
-        "num_without_shingles": num_rows - num_banded,
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    return _done(out, work / "sig" / f"{name}.done.json", record, sig_path, node_path, band_path)
+    run = write_run(path, pa.table({"key": keys, "band": band, "node": order}), "key")
+    return run | {"docs": len(keys) // bands if bands else 0}
 
 
 def _distinct_rows(*cols: np.ndarray) -> tuple[np.ndarray, ...]:
     """The distinct rows of equal-length columns, sorted by the first column, then the next."""
-    order = np.lexsort(cols[::-1])
+    order = sort_order(*cols)
     cols = tuple(c[order] for c in cols)
     keep = np.ones(len(order), dtype=bool)
     if len(order):
@@ -277,7 +321,7 @@ def candidate_partition(
         num_rows += t.num_rows
         key, band, node = (t.column(n).to_numpy() for n in ("key", "band", "node"))
         del t
-        order = np.lexsort((node, band, key))
+        order = sort_order(key, band, node)
         key, band, node = key[order], band[order], node[order]
         same = np.zeros(len(node), dtype=bool)
         same[1:] = (band[1:] == band[:-1]) & (key[1:] == key[:-1])

@@ -1,9 +1,16 @@
-"""A task's memory budget, held inside the task: the process's resident memory (RSS) is sampled on
-a thread, and past the budget the task gets a `TaskOutOfMemory` (a MemoryError) in its own thread.
+"""A task's memory budget, held inside the task: the process's private resident memory is sampled
+on a thread, and past the budget the task gets a `TaskOutOfMemory` (a MemoryError) in its own thread.
 
     with MemoryGuard(limit_bytes=512 << 20) as guard:   # raises TaskOutOfMemory past 512 MiB
         work()
-    guard.peak_bytes                                      # the highest RSS it saw
+    guard.peak_bytes, guard.peak_rss_bytes                # the highest private memory and RSS it saw
+
+What the budget counts is *private* memory: the resident set (RSS) less its shared pages (shared
+libraries, mapped files, shared memory; /proc's statm "shared"). That is how Ray's own memory
+monitor measures a worker (`ray._private.memory_monitor.get_rss`: rss - shared), and what the node
+runs out of: shared-library pages are resident once per node however many workers map them (115 of
+a Ray worker's 186 MiB RSS here, before any work), and a mapped file's pages are page cache, which
+the kernel can drop. RSS is measured beside it and reported (`peak_rss_bytes`).
 
 Ray's `memory=` resource only reserves memory for scheduling; nothing in Ray stops a task that
 uses more (its memory monitor kills a worker only when the whole node is nearly full). The guard
@@ -17,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import mmap
 import os
 import sys
 import threading
@@ -25,22 +33,36 @@ from types import TracebackType
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-_first_task_rss: list[int] = []  # this process's RSS when its first guarded task began
+_first_task: list[tuple[int, int]] = []  # this process's (private, RSS) when its first guarded task began
 
 
 class TaskOutOfMemory(MemoryError):
     """A task went past its memory budget (raised inside the task by `MemoryGuard`)."""
 
 
-def rss_bytes() -> int:
-    """This process's resident set size: /proc on Linux, psutil elsewhere."""
+def memory_bytes() -> tuple[int, int]:
+    """This process's (private, resident) bytes: RSS less its shared pages, and RSS. From /proc on
+    Linux; psutil elsewhere (where it has no shared figure, private is RSS)."""
     try:
         with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE_BYTES
+            fields = f.read().split()
+        resident, shared = int(fields[1]) * _PAGE_BYTES, int(fields[2]) * _PAGE_BYTES
+        return resident - shared, resident
     except OSError:
         import psutil  # a Ray dependency; only where /proc is missing (macOS)
 
-        return psutil.Process().memory_info().rss
+        info = psutil.Process().memory_info()
+        return info.rss - getattr(info, "shared", 0), info.rss
+
+
+def private_bytes() -> int:
+    """This process's private resident memory: what a task's budget counts (see the module)."""
+    return memory_bytes()[0]
+
+
+def rss_bytes() -> int:
+    """This process's resident set size."""
+    return memory_bytes()[1]
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -65,18 +87,42 @@ def release_freed_memory() -> None:
         _LIBC.malloc_trim(0)
 
 
+def _madvise() -> ctypes._CFuncPtr | None:
+    fn = getattr(_LIBC, "madvise", None) if _LIBC is not None else None
+    if fn is not None:
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        fn.restype = ctypes.c_int
+    return fn
+
+
+_MADVISE = _madvise()
+_MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
+
+
+def release_mapped_pages(mapping: object) -> None:
+    """Drop the pages of a read-only file mapping (a pyarrow Buffer over `pa.memory_map`) that this
+    process has touched: madvise(MADV_DONTNEED). They leave its RSS and stay in the page cache; the
+    next read of them faults them back in, unchanged. A no-op where madvise is missing."""
+    size = getattr(mapping, "size", 0)
+    if _MADVISE is None or _MADV_DONTNEED is None or not size:
+        return
+    start = mapping.address - mapping.address % _PAGE_BYTES  # a mapping starts on a page
+    _MADVISE(start, mapping.address + size - start, _MADV_DONTNEED)
+
+
 class MemoryGuard:
-    """Raise `TaskOutOfMemory` in the entering thread once the process's RSS passes `limit_bytes`
-    (0: no limit, only `peak_bytes` is measured). In a reused worker, what earlier tasks left
-    behind (the growth since the process's first guarded task began, after `release_freed_memory`:
-    caches such as the chain's models, memory the allocator keeps) is not charged to this task:
-    the limit is raised by it (`leftover_bytes`)."""
+    """Raise `TaskOutOfMemory` in the entering thread once the process's private memory passes
+    `limit_bytes` (0: no limit, only the peaks are measured). In a reused worker, what earlier tasks
+    left behind (the growth since the process's first guarded task began, after
+    `release_freed_memory`: caches such as the chain's models, memory the allocator keeps) is not
+    charged to this task: the limit is raised by it (`leftover_bytes`). RSS is sampled beside it:
+    `peak_rss_bytes`, `leftover_rss_bytes`."""
 
     def __init__(self, limit_bytes: int, interval_s: float = 0.05):
         self.limit_bytes = limit_bytes
         self.interval_s = interval_s
-        self.peak_bytes = 0
-        self.leftover_bytes = 0
+        self.peak_bytes = self.peak_rss_bytes = 0
+        self.leftover_bytes = self.leftover_rss_bytes = 0
         self.tripped = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -86,10 +132,11 @@ class MemoryGuard:
 
     def __enter__(self) -> MemoryGuard:
         release_freed_memory()
-        self.peak_bytes = rss_bytes()
-        if not _first_task_rss:
-            _first_task_rss.append(self.peak_bytes)
-        self.leftover_bytes = max(0, self.peak_bytes - _first_task_rss[0])
+        self._sample()
+        if not _first_task:
+            _first_task.append((self.peak_bytes, self.peak_rss_bytes))
+        self.leftover_bytes = max(0, self.peak_bytes - _first_task[0][0])
+        self.leftover_rss_bytes = max(0, self.peak_rss_bytes - _first_task[0][1])
         if self.limit_bytes and self.peak_bytes > self._limit():  # over before any work
             self.tripped = True
             raise TaskOutOfMemory(self.message())
@@ -99,11 +146,15 @@ class MemoryGuard:
         self._watcher.start()
         return self
 
+    def _sample(self) -> int:
+        private, rss = memory_bytes()
+        self.peak_bytes, self.peak_rss_bytes = max(self.peak_bytes, private), max(self.peak_rss_bytes, rss)
+        return private
+
     def _watch(self) -> None:
         while not self._stop.wait(self.interval_s):
-            rss = rss_bytes()
-            self.peak_bytes = max(self.peak_bytes, rss)
-            if self.limit_bytes and rss > self._limit():
+            private = self._sample()
+            if self.limit_bytes and private > self._limit():
                 with self._lock:
                     if self._active:
                         self.tripped, self._active = True, False
@@ -120,7 +171,7 @@ class MemoryGuard:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join()
-        self.peak_bytes = max(self.peak_bytes, rss_bytes())
+        self._sample()
 
     def _limit(self) -> int:
         return self.limit_bytes + self.leftover_bytes
@@ -132,8 +183,8 @@ class MemoryGuard:
             else ""
         )
         return (
-            f"the task's process reached {self.peak_bytes / 2**20:,.0f} MiB resident{left}, over its budget "
-            f"of {self.limit_bytes / 2**20:,.0f} MiB"
+            f"the task's process reached {self.peak_bytes / 2**20:,.0f} MiB of private memory{left}, "
+            f"over its budget of {self.limit_bytes / 2**20:,.0f} MiB (RSS {self.peak_rss_bytes / 2**20:,.0f} MiB)"
         )
 
 

@@ -51,9 +51,10 @@ class RayConfig:
     task_memory_mb: int | None = None
     """Memory budget of one task, MiB. Declared to Ray as the task's `memory=` resource, so a node
     runs at once only as many tasks as its memory holds, and held inside the task: past it the task
-    fails with an out-of-memory error (`pretrain.core.memory.MemoryGuard`; the task's whole worker
-    process counts, about 100 MiB of it Ray and Python). null: the memory Ray offers per CPU on the
-    smallest node, so tasks pack one per CPU."""
+    fails with an out-of-memory error (`pretrain.core.memory.MemoryGuard`). What counts is the
+    worker process's private memory (RSS less shared pages, as Ray's memory monitor counts it:
+    about 70 MiB of it Ray, Python and the libraries before any work). null: the memory Ray offers
+    per CPU on the smallest node, so tasks pack one per CPU."""
     max_oom_retries: int = 2
     """Retries of a task that ran out of memory (over its budget, a MemoryError, or killed by Ray's
     memory monitor); after them the run fails naming the task and `ray.task_memory_mb`."""
@@ -157,9 +158,10 @@ def task_memory_bytes(ray_cfg: RayConfig) -> int:
 
 def run_guarded(fn: Callable, limit_bytes: int, *args: Any) -> Any:
     """The body of every Ray task: `fn(*args)` under a MemoryGuard of `limit_bytes` (0: none). An
-    overrun raises TaskOutOfMemory saying how far; a dict result gains `peak_rss_bytes` (the
-    process's peak) and `task_rss_bytes` (that less what the worker's earlier tasks left behind:
-    the peak this task would reach as the worker's first, which the budget is held to)."""
+    overrun raises TaskOutOfMemory saying how far; a dict result gains `peak_private_bytes` (the
+    process's peak private memory) and `task_private_bytes` (that less what the worker's earlier
+    tasks left behind: the peak this task would reach as the worker's first, which the budget is
+    held to), and the same two of its RSS (`peak_rss_bytes`, `task_rss_bytes`)."""
     guard = MemoryGuard(limit_bytes)
     try:
         with guard:
@@ -171,8 +173,10 @@ def run_guarded(fn: Callable, limit_bytes: int, *args: Any) -> Any:
     if not isinstance(result, dict):
         return result
     return result | {
-        "peak_rss_bytes": guard.peak_bytes,
-        "task_rss_bytes": guard.peak_bytes - guard.leftover_bytes,
+        "peak_private_bytes": guard.peak_bytes,
+        "task_private_bytes": guard.peak_bytes - guard.leftover_bytes,
+        "peak_rss_bytes": guard.peak_rss_bytes,
+        "task_rss_bytes": guard.peak_rss_bytes - guard.leftover_rss_bytes,
     }
 
 
@@ -208,16 +212,17 @@ def _failure(e: BaseException, oom: str | None, num_tries: int, ray_cfg: RayConf
 
 
 TASK_LOG_ENV = "PRETRAIN_TASK_LOG"
+MEMORY_FIGURES = ("peak_private_bytes", "task_private_bytes", "peak_rss_bytes", "task_rss_bytes")
 
 
 def _log_task(name: str, key: str, result: Any) -> None:
     """With $PRETRAIN_TASK_LOG set to a file, append one JSON line per finished task: its function,
-    key and peak RSS (MemoryGuard's, sampled every 50 ms in the task: `peak_rss_bytes` and
-    `task_rss_bytes`, see run_guarded), for profiling a run (bench/data_scale.py reads it)."""
+    key and memory peaks (MemoryGuard's, sampled every 50 ms in the task: private memory and RSS,
+    see run_guarded), for profiling a run (bench/data_scale.py reads it)."""
     path = os.environ.get(TASK_LOG_ENV)
     if path and isinstance(result, dict):
         line = {"task": name, "key": key, "time": time.time()}
-        line |= {k: result.get(k) for k in ("peak_rss_bytes", "task_rss_bytes")}
+        line |= {k: result.get(k) for k in MEMORY_FIGURES}
         with open(path, "a") as f:
             f.write(json.dumps(line) + "\n")
 
