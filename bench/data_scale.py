@@ -15,7 +15,10 @@ times come from the done records each step writes last (the latest mtime of a st
 largest task's peak RSS is the highest of the peaks each task's MemoryGuard measured (sampled every
 50 ms inside the task; the runner logs them to $PRETRAIN_TASK_LOG), shown per task function: the
 task's own, which leaves out what its worker's earlier tasks left behind (Ray reuses a worker
-process; what the budget is held to, see pretrain.core.memory), and its process's. The
+process), and its process's; each as RSS and as private memory (RSS less shared pages: what the
+budget holds, see pretrain.core.memory). With --budget-mb, the last line also has the highest of
+those peaks at either size and whether each task's own stay within 1.25x the budget
+("budget_peaks_mib", "within_budget"). The
 parent also polls /proc every 0.2 s: the driver's RSS (the subprocess) and each Ray worker's (the
 largest worker, an upper bound of a task's peak: a reused worker keeps what it freed).
 Finalize's bytes read (each task records the files it read) are compared with the shards it
@@ -261,21 +264,16 @@ def growth(small: dict, large: dict) -> dict:
 
 
 def budget_check(runs: list[dict], budget_mb: int | None) -> dict:
-    """With a budget set: the highest peaks of any task at either size, as RSS (the process's, and
-    the task's own) and as private memory (what the budget holds), against 1.25x the budget."""
+    """With a budget set: the highest peaks of any task at either size, as RSS and as private memory
+    (what the budget holds), the task's own and its process's (with what the worker's earlier tasks
+    left), and whether every task's own peaks, RSS and private, stay within 1.25x the budget."""
     if not budget_mb:
         return {}
-    peak = {
-        k: max(r[s][k] for r in runs for s in ("exact", "minhash"))
-        for k in (
-            "process_peak_rss_mib",
-            "task_peak_rss_mib",
-            "process_peak_private_mib",
-            "task_peak_private_mib",
-        )
-    }
-    return {"budget_peaks_mib": peak, "budget_limit_mib": budget_mb * 1.25,
-            "within_budget": all(v <= budget_mb * 1.25 for v in peak.values())}  # fmt: skip
+    names = ("task_peak_rss_mib", "task_peak_private_mib", "process_peak_rss_mib", "process_peak_private_mib")
+    peak = {k: max(r[s][k] for r in runs for s in ("exact", "minhash")) for k in names}
+    limit = budget_mb * 1.25
+    own = peak["task_peak_rss_mib"] <= limit and peak["task_peak_private_mib"] <= limit
+    return {"budget_peaks_mib": peak, "budget_limit_mib": limit, "within_budget": own}
 
 
 def main(argv: list[str] | None = None) -> dict:

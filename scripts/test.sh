@@ -7,5 +7,5 @@ bash scripts/setup_env.sh
 .venv/bin/ruff check .
 .venv/bin/lint-imports
 # Two workers, one test file per worker at a time (files share their fixtures); test_run.py, the
-# longest file, runs beside the rest.
-.venv/bin/python -m pytest -q -n 2 --dist loadfile tests "$@"
+# longest file, runs beside the rest. The 25 slowest tests are listed at the end (CI's time).
+.venv/bin/python -m pytest -q -n 2 --dist loadfile --durations=25 tests "$@"
