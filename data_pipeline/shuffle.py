@@ -114,9 +114,9 @@ def unit_ranges(num_units: int, num_reducers: int) -> list[tuple[int, int]]:
 
 def chunk_rows(budget_bytes: int, bytes_per_row: float) -> int:
     """Rows a task may hold at once: what is left of its budget (less the private memory the
-    process already holds) at `bytes_per_row` each, at most a reducer's REDUCER_BYTES (so a task's memory does not
-    grow with its range either; with CHUNK_SLACK, so that a range `num_partitions` sized reads in
-    one chunk although counts are estimates), and at least MIN_CHUNK_ROWS."""
+    process already holds) at `bytes_per_row` each, at most a reducer's REDUCER_BYTES (so a task's
+    memory does not grow with its range either; with CHUNK_SLACK, so that a range `num_partitions`
+    sized reads in one chunk although counts are estimates), and at least MIN_CHUNK_ROWS."""
     budget = budget_bytes or DEFAULT_TASK_BUDGET_BYTES
     free = min(REDUCER_BYTES * CHUNK_SLACK, max(0, budget - private_bytes()) * 0.8)
     return max(MIN_CHUNK_ROWS, int(free / bytes_per_row))
@@ -210,6 +210,7 @@ class RunSet:
                 part = table.slice(first + i, j - i)
                 parts.append(part.select(columns) if columns else part)
         if not parts:
+            self._release()  # the pages the binary searches touched
             return None
         table = pa.concat_tables(parts).combine_chunks()
         self._release()  # a table of one part is still on the mapping: its pages come back when read

@@ -186,7 +186,6 @@ def signature_shard(
     node_path = work / "nodes" / f"{name}.parquet"
     header = np.lib.format.header_data_from_array_1_0(np.empty((0, cfg.num_perm), np.uint32))
     header["shape"] = (int(num_rows), int(cfg.num_perm))
-
     with (
         atomic_path(sig_path) as tmp,
         open(tmp, "wb") as sig_file,
