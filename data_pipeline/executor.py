@@ -49,7 +49,15 @@ from data_pipeline.tasks import (
     run_chain,
     unit_range,
 )
-from data_pipeline.units import group_key, group_label, group_target_bytes, group_units, split_units
+from data_pipeline.units import (
+    SplitMany,
+    group_key,
+    group_label,
+    group_target_bytes,
+    group_units,
+    split_unit,
+    split_units,
+)
 from pretrain.core.config import config_hash, dump_yaml, to_dict
 from pretrain.core.done import finish_stage, finished_stage, load_done_many
 from pretrain.core.files import read_json, write_json
@@ -79,6 +87,29 @@ def stage_fingerprint(cfg: Any, units: list[InputUnit], fingerprints: list[dict]
     return config_hash({"config": config, "identity": identity, "inputs": inputs})
 
 
+def _split_on_ray(cfg: PipelineConfig, progress: Progress) -> SplitMany:
+    """`split_units`'s `split_many`: one Ray task per input unit to split (`split_unit`), its
+    progress in bytes; a file that cannot be read fails the run with its name."""
+
+    def split_many(todo: list[InputUnit], unit_bytes: int) -> list[list[InputUnit]]:
+        keys = [u.stem for u in todo]  # unique per file
+        sizes = {k: u.num_bytes for k, u in zip(keys, todo)}
+        progress.start("split inputs", total=len(todo), total_bytes=sum(sizes.values()))
+        results, errors = run_tasks(
+            split_unit,
+            [(k, (u, unit_bytes)) for k, u in zip(keys, todo)],
+            cfg.ray,
+            progress,
+            "split inputs",
+            sizes=sizes,
+            labels={k: f"input {u.label}" for k, u in zip(keys, todo)},
+        )
+        raise_errors(errors, "split inputs")
+        return [results[k]["parts"] for k in keys]
+
+    return split_many
+
+
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     out = stage_path(cfg.output_dir)
@@ -91,12 +122,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     (out / "config.yaml").write_text(dump_yaml(cfg))
     if scan.skipped:  # said once here and in stats.json / summary.md, never per task
         log.warning("skipped %d input files: %s", len(scan.skipped), format_skipped(scan.skipped))
-    units = split_units(scan.units, input_fps, cfg.input.unit_bytes)  # large files -> parts
+    progress = Progress(enabled=cfg.progress)
+    # large files -> parts, found by a Ray task per file (which reads it), not in the driver
+    units = split_units(scan.units, input_fps, cfg.input.unit_bytes, _split_on_ray(cfg, progress))
     file_fp = {u.path: fp for u, fp in zip(scan.units, input_fps)}
     names = [u.stem for u in units]
     # the chain writes hashes when exact dedup is on; how many reducers read them is decided later
     chain_id = config_hash(cfg.chain_identity() | {"exact_dedup": cfg.exact_dedup.enabled})
-    progress = Progress(enabled=cfg.progress)
 
     # Phase 1: the fused per-document chain, one task per group of units.
     fps = [

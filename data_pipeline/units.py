@@ -7,11 +7,11 @@
 output shard and one done record, and depends only on the file and `unit_bytes`, never on the
 number of workers. An uncompressed JSONL file larger than `unit_bytes` is cut at the first line
 start after each multiple of size/n (n = ceil(size / unit_bytes)), and each part learns how many
-lines come before it (one read of the file, here in the driver, on a thread per file), so its
-ids are the `relpath:line` the whole file gives. A Parquet file is cut between row groups
+lines come before it (one read of the file, in a Ray task per file: the driver never reads the
+corpus), so its ids are the `relpath:line` the whole file gives. A Parquet file is cut between row groups
 (their rows before it come from the footer). A WARC file is cut at the first record start after
 each multiple of size/n (for .warc.gz, a record is a gzip member of its own); one pass over its
-records, here in the driver on the same threads, finds their offsets and counts the responses
+records, in the same task, finds their offsets and counts the responses
 before each part, so its ids are the `relpath#k` the whole file gives. Compressed JSONL, a gzip
 WARC that is one member (or that warcio cannot walk) and folders of .txt files cannot be entered
 in the middle and stay whole.
@@ -26,6 +26,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import math
+from collections.abc import Callable
 
 from data_pipeline.readers import InputUnit
 from pretrain.core.files import io_map
@@ -44,11 +45,30 @@ def unit_size(fingerprint: dict) -> int:
     return int(fingerprint["size"])
 
 
-def split_units(units: list[InputUnit], fingerprints: list[dict], unit_bytes: int) -> list[InputUnit]:
+SplitMany = Callable[[list[InputUnit], int], list[list[InputUnit]]]
+
+
+def split_units(
+    units: list[InputUnit], fingerprints: list[dict], unit_bytes: int, split_many: SplitMany | None = None
+) -> list[InputUnit]:
     """Every unit with its size, the files larger than `unit_bytes` that can be split replaced by
-    their parts, in input order."""
+    their parts, in input order. Finding the parts of a JSONL or WARC file reads it whole (lines or
+    records before each cut), so `split_many(units, unit_bytes)` does that for the units that need
+    it, each unit's parts in order: the executor runs one Ray task per file (`split_unit`), so the
+    driver never reads the corpus; by default, threads here."""
     sized = [dataclasses.replace(u, num_bytes=unit_size(fp)) for u, fp in zip(units, fingerprints)]
-    return [p for parts in io_map(lambda u: _split(u, unit_bytes), sized) for p in parts]
+    todo = [u for u in sized if u.num_bytes > unit_bytes]
+    if split_many is None:
+        parts = io_map(lambda u: _split(u, unit_bytes), todo)
+    else:
+        parts = split_many(todo, unit_bytes) if todo else []
+    each = iter(parts)  # in the order of `todo`
+    return [p for u in sized for p in (next(each) if u.num_bytes > unit_bytes else [u])]
+
+
+def split_unit(unit: InputUnit, unit_bytes: int) -> dict:
+    """A Ray task: the parts of one input unit larger than `unit_bytes` (see `split_units`)."""
+    return {"parts": _split(unit, unit_bytes)}
 
 
 def _split(unit: InputUnit, unit_bytes: int) -> list[InputUnit]:

@@ -13,7 +13,14 @@ import pytest
 
 from data_pipeline.executor import run_pipeline
 from data_pipeline.readers import InputConfig, InputUnit, read_unit, scan_inputs, unit_fingerprints
-from data_pipeline.units import group_key, group_label, group_target_bytes, group_units, split_units
+from data_pipeline.units import (
+    group_key,
+    group_label,
+    group_target_bytes,
+    group_units,
+    split_units,
+    unit_size,
+)
 from pretrain.core.files import read_json
 from pretrain.core.progress import Progress
 from pretrain.core.shards import read_manifest
@@ -129,9 +136,18 @@ def test_progress_eta_counts_bytes_not_tasks(monkeypatch):
 
 
 @pytest.mark.slow
-def test_split_run_gives_the_ids_outputs_and_stats_of_one_unit_per_file(data_run, tiny_corpus, tmp_path):
+def test_split_run_gives_the_ids_outputs_and_stats_of_one_unit_per_file(
+    data_run, tiny_corpus, tmp_path, monkeypatch
+):
     out = tmp_path / "split"
-    stats = run_pipeline(pipeline_config(tiny_corpus, out, "input.unit_bytes=32768", "keep_work=true"))
+    monkeypatch.setenv("PRETRAIN_TASK_LOG", str(tmp_path / "tasks.jsonl"))  # the tasks that ran
+    cfg = pipeline_config(tiny_corpus, out, "input.unit_bytes=32768", "keep_work=true")
+    stats = run_pipeline(cfg)
+    # the files over 32 KiB were split by Ray tasks, one each, not read by the driver
+    units = scan_inputs(cfg.input).units
+    big = sorted(u.stem for u, fp in zip(units, unit_fingerprints(units)) if unit_size(fp) > 32768)
+    logged = [json.loads(line) for line in (tmp_path / "tasks.jsonl").read_text().splitlines()]
+    assert big and sorted(t["key"] for t in logged if t["task"] == "split_unit") == big
     kept, rejected = read_outputs(out)
     assert kept == data_run["kept"]
     assert {k: (v["stage"], v["reason"]) for k, v in rejected.items()} == {
